@@ -1,0 +1,323 @@
+package smtpcode
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+)
+
+// Transience says how a rule sets Classification.Transient.
+type Transience int8
+
+const (
+	// TransientFromCode keeps what the reply's code says: 4xx transient,
+	// 5xx permanent (the enhanced class when there is no basic code).
+	TransientFromCode Transience = iota
+	// AlwaysTransient makes the reply transient whatever its code, as
+	// RFC 5321 4.5.3.1.10 does for "552 Too many recipients".
+	AlwaysTransient
+	// AlwaysPermanent makes the reply permanent whatever its code. It never
+	// applies to a reply without any code: garbage is never permanent.
+	AlwaysPermanent
+)
+
+// Rule maps replies to a classification. Every condition that is set must
+// hold; a rule with no condition matches every failure reply.
+//
+// Text conditions compare ASCII case-insensitively, with every run of white
+// space (line breaks included) counted as one space, so "Receiving mail at
+// a rate" matches a reply that breaks the line in the middle of it.
+type Rule struct {
+	// Name identifies the rule in Classification.Rule ("gmail-4.7.28").
+	Name string
+
+	// Code, when not 0, must equal the reply's basic code.
+	Code int
+	// Class, when not 0, must equal the reply's class (4 or 5): the basic
+	// code's first digit, or the enhanced class when there is no basic code.
+	Class int
+	// Enhanced, when not zero, must equal the reply's enhanced code. A Class
+	// of 0 in it matches either class, as the registry's "X.7.1" does.
+	Enhanced EnhancedCode
+	// EnhancedTo, when not zero, turns Enhanced into the inclusive range
+	// Enhanced..EnhancedTo of details under Enhanced's class and subject
+	// (Microsoft's 4.7.500 to 4.7.699).
+	EnhancedTo EnhancedCode
+	// Contains: every one of these must occur in the text.
+	Contains []string
+	// ContainsAny: when not empty, at least one of these must occur.
+	ContainsAny []string
+
+	// Category and Scope are the result. A zero Scope takes the category's
+	// usual scope (see DefaultScope).
+	Category Category
+	Scope    Scope
+	// Transient overrides the code's verdict when the rule says so.
+	Transient Transience
+	// RetryAfter is the wait the provider documents for this reply. A delay
+	// the server states in the text ("try again in 92 seconds") wins over it.
+	RetryAfter time.Duration
+}
+
+// Classifier classifies replies with a list of rules tried in order, then
+// the enhanced code, then the basic code. It is immutable once built and
+// safe for concurrent use.
+type Classifier struct {
+	rules  []compiledRule
+	byEnh  map[uint16][]int32 // subject*1000+detail → rules indexed by enhanced code
+	byCode [600][]int32       // basic code → rules with a Code and no Enhanced
+	byCls  [6][]int32         // class → rules with only a Class (and maybe text)
+	loose  []int32            // rules with no code condition at all
+}
+
+type compiledRule struct {
+	Rule
+	all, any []needle
+}
+
+// needle is a text condition, lower-cased and with white space collapsed.
+type needle []byte
+
+// NewClassifier returns a classifier that tries rules, in order, before the
+// built-in provider rules (DefaultRules) and the RFC 3463 and RFC 5321
+// defaults. A rule with an empty Name is called "user-N", N its index.
+func NewClassifier(rules ...Rule) *Classifier {
+	all := make([]Rule, 0, len(rules)+len(defaultRules))
+	for i, r := range rules {
+		if r.Name == "" {
+			r.Name = "user-" + strconv.Itoa(i)
+		}
+		all = append(all, r)
+	}
+	all = append(all, defaultRules...)
+	return newClassifier(all)
+}
+
+// DefaultRules returns a copy of the built-in provider and text rules, in
+// the order the default classifier tries them.
+func DefaultRules() []Rule {
+	out := make([]Rule, len(defaultRules))
+	copy(out, defaultRules)
+	for i := range out {
+		out[i].Contains = append([]string(nil), out[i].Contains...)
+		out[i].ContainsAny = append([]string(nil), out[i].ContainsAny...)
+	}
+	return out
+}
+
+func newClassifier(rules []Rule) *Classifier {
+	c := &Classifier{byEnh: map[uint16][]int32{}}
+	c.rules = make([]compiledRule, len(rules))
+	for i, r := range rules {
+		cr := compiledRule{Rule: r}
+		for _, s := range r.Contains {
+			cr.all = append(cr.all, normalize(nil, s))
+		}
+		for _, s := range r.ContainsAny {
+			cr.any = append(cr.any, normalize(nil, s))
+		}
+		c.rules[i] = cr
+		idx := int32(i)
+		switch {
+		case !r.Enhanced.IsZero() && r.Enhanced.Subject >= 0 && r.Enhanced.Subject < 8 &&
+			r.Enhanced.Detail >= 0 && r.Enhanced.Detail < 1000:
+			lo, hi := r.Enhanced.Detail, r.Enhanced.Detail
+			if !r.EnhancedTo.IsZero() && r.EnhancedTo.Detail > lo {
+				hi = min(r.EnhancedTo.Detail, 999)
+			}
+			for d := lo; d <= hi; d++ {
+				k := enhKey(r.Enhanced.Subject, d)
+				c.byEnh[k] = append(c.byEnh[k], idx)
+			}
+		case !r.Enhanced.IsZero():
+			// An enhanced code no reply can carry: the rule never matches.
+		case r.Code >= 200 && r.Code < 600:
+			c.byCode[r.Code] = append(c.byCode[r.Code], idx)
+		case r.Code != 0:
+			// A basic code no reply can carry: the rule never matches.
+		case r.Class >= 2 && r.Class <= 5:
+			c.byCls[r.Class] = append(c.byCls[r.Class], idx)
+		case r.Class != 0:
+		default:
+			c.loose = append(c.loose, idx)
+		}
+	}
+	return c
+}
+
+func enhKey(subject, detail int) uint16 { return uint16(subject*1000 + detail) }
+
+var defaultClassifier = newClassifier(defaultRules)
+
+// Classify classifies r with the default classifier: the built-in rules,
+// then the enhanced code, then the basic code.
+func Classify(r Reply) Classification { return defaultClassifier.Classify(r) }
+
+// Rule names of the decisions that no rule made.
+const (
+	RuleSuccess           = "rfc5321-success" // 2xx and 3xx replies
+	RuleMalformed         = "malformed"       // no basic and no enhanced code
+	RuleTooManyRecipients = "rfc5321-552-too-many-recipients"
+)
+
+// Classify returns what r means for delivery. Positive replies (2xx, 3xx)
+// are not transient, Category Other, Rule RuleSuccess. See the package
+// documentation for the order of precedence.
+func (c *Classifier) Classify(r Reply) Classification {
+	class := r.class()
+	switch class {
+	case 2, 3:
+		return Classification{Rule: RuleSuccess}
+	case 4, 5:
+	default:
+		// No code, or one of no known class: nothing to go on, and a
+		// classifier that bounced mail on garbage would lose mail.
+		return Classification{Transient: true, Rule: RuleMalformed}
+	}
+	var m matcher
+	m.text = r.Text
+
+	if i, ok := c.match(r, class, &m); ok {
+		cr := &c.rules[i]
+		out := Classification{
+			Transient: class == 4,
+			Category:  cr.Category,
+			Scope:     cr.Scope,
+			Rule:      cr.Name,
+		}
+		switch cr.Transient {
+		case AlwaysTransient:
+			out.Transient = true
+		case AlwaysPermanent:
+			out.Transient = false
+		}
+		if out.Scope == ScopeUnknown {
+			out.Scope = DefaultScope(out.Category)
+		}
+		if out.Transient {
+			out.RetryAfter = m.retryHint()
+			if out.RetryAfter == 0 {
+				out.RetryAfter = cr.RetryAfter
+			}
+		}
+		return out
+	}
+	out := Classification{Transient: class == 4}
+	if d, ok := enhancedDefault(r.Enhanced, class); ok {
+		out.Category, out.Scope, out.Rule = d.category, d.scope, d.rule
+	} else {
+		d := basicDefault(r.Code, class)
+		out.Category, out.Scope, out.Rule = d.category, d.scope, d.rule
+	}
+	if out.Scope == ScopeUnknown {
+		out.Scope = DefaultScope(out.Category)
+	}
+	if out.Transient {
+		out.RetryAfter = m.retryHint()
+	}
+	return out
+}
+
+// match returns the index of the first rule, in list order, that matches.
+// Only the rules indexed under the reply's enhanced code, basic code and
+// class, and the rules with no code condition, are looked at.
+func (c *Classifier) match(r Reply, class int, m *matcher) (int32, bool) {
+	var lists [4][]int32
+	n := 0
+	if !r.Enhanced.IsZero() && r.Enhanced.Subject >= 0 && r.Enhanced.Subject < 8 &&
+		r.Enhanced.Detail >= 0 && r.Enhanced.Detail < 1000 {
+		if l := c.byEnh[enhKey(r.Enhanced.Subject, r.Enhanced.Detail)]; len(l) > 0 {
+			lists[n] = l
+			n++
+		}
+	}
+	if r.Code >= 200 && r.Code < 600 {
+		if l := c.byCode[r.Code]; len(l) > 0 {
+			lists[n] = l
+			n++
+		}
+	}
+	if l := c.byCls[class]; len(l) > 0 {
+		lists[n] = l
+		n++
+	}
+	if len(c.loose) > 0 {
+		lists[n] = c.loose
+		n++
+	}
+	// Merge the sorted lists so that rules run in their declared order.
+	for {
+		best := -1
+		for j := 0; j < n; j++ {
+			if len(lists[j]) > 0 && (best < 0 || lists[j][0] < lists[best][0]) {
+				best = j
+			}
+		}
+		if best < 0 {
+			return 0, false
+		}
+		i := lists[best][0]
+		lists[best] = lists[best][1:]
+		if c.rules[i].matches(r, class, m) {
+			return i, true
+		}
+	}
+}
+
+func (cr *compiledRule) matches(r Reply, class int, m *matcher) bool {
+	if cr.Code != 0 && cr.Code != r.Code {
+		return false
+	}
+	if cr.Class != 0 && cr.Class != class {
+		return false
+	}
+	if !cr.Enhanced.IsZero() {
+		e := r.Enhanced
+		if cr.Enhanced.Class != 0 && cr.Enhanced.Class != e.Class {
+			return false
+		}
+		if cr.Enhanced.Subject != e.Subject {
+			return false
+		}
+		hi := cr.Enhanced.Detail
+		if !cr.EnhancedTo.IsZero() {
+			hi = cr.EnhancedTo.Detail
+		}
+		if e.Detail < cr.Enhanced.Detail || e.Detail > hi {
+			return false
+		}
+	}
+	if len(cr.all) == 0 && len(cr.any) == 0 {
+		return true
+	}
+	t := m.normalized()
+	for _, nd := range cr.all {
+		if !bytes.Contains(t, nd) {
+			return false
+		}
+	}
+	if len(cr.any) == 0 {
+		return true
+	}
+	for _, nd := range cr.any {
+		if bytes.Contains(t, nd) {
+			return true
+		}
+	}
+	return false
+}
+
+// DefaultScope is the scope a category has unless a rule says otherwise.
+func DefaultScope(c Category) Scope {
+	switch c {
+	case Congestion, Reputation, TLS, System, Network:
+		return ScopeConnection
+	case RateLimit, Policy, Credentials, RelayDenied:
+		return ScopeSession
+	case Greylist, MailboxFull, UnknownUser, UnknownDomain:
+		return ScopeRecipient
+	case Spam, Authentication, MessageSize, Syntax:
+		return ScopeMessage
+	}
+	return ScopeUnknown
+}
