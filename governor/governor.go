@@ -1,0 +1,742 @@
+package governor
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"math"
+	mrand "math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Governor enforces a Policy's limits over keys. It is safe for concurrent
+// use and starts no goroutines: there is nothing to close.
+type Governor struct {
+	policy atomic.Pointer[compiledPolicy]
+	mem    *engine // in-memory state (always present; used when store is nil)
+	store  Store
+
+	randMu sync.Mutex
+	rnd    RandSource
+
+	permits sync.Pool
+	tickets atomic.Uint64
+	prefix  string
+}
+
+// New returns a Governor for cfg. It fails only if cfg.Policy is invalid
+// (a *PolicyError wrapping ErrInvalidPolicy).
+func New(cfg Config) (*Governor, error) {
+	cp, err := compilePolicy(cfg.Policy)
+	if err != nil {
+		return nil, err
+	}
+	idle := cfg.IdleTimeout
+	if idle == 0 {
+		idle = DefaultIdleTimeout
+	}
+	g := &Governor{mem: newEngine(time.Now(), idle), store: cfg.Store, rnd: cfg.Rand, prefix: cfg.Tickets}
+	if g.rnd == nil {
+		var seed [16]byte
+		_, _ = rand.Read(seed[:])
+		g.rnd = mrand.NewPCG(leUint64(seed[:8]), leUint64(seed[8:]))
+	}
+	if g.prefix == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		g.prefix = hex.EncodeToString(b[:])
+	}
+	g.policy.Store(cp)
+	g.permits.New = func() any { return &permitState{g: g} }
+	return g, nil
+}
+
+func leUint64(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}
+
+// Policy returns the policy in force.
+func (g *Governor) Policy() *Policy { return g.policy.Load().p }
+
+// SetPolicy replaces the policy at once. Every key keeps its state (slots
+// held, tokens, quota counts, suspensions, adapted concurrency); the new
+// limits apply from the next decision on, and blocked calls re-check at once.
+func (g *Governor) SetPolicy(p *Policy) error {
+	cp, err := compilePolicy(p)
+	if err != nil {
+		return err
+	}
+	g.policy.Store(cp)
+	for i := range g.mem.shards {
+		s := &g.mem.shards[i]
+		s.mu.Lock()
+		for _, e := range s.m {
+			e.wake()
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Permit is a held slot on each key of an Acquire. Release it exactly once
+// when the work ends; further Releases (of it or its copies) do nothing. The
+// zero Permit holds nothing.
+type Permit struct {
+	st  *permitState
+	gen uint64
+	dec Decision
+}
+
+type permitState struct {
+	g    *Governor
+	gen  atomic.Uint64
+	ebuf [4]*entry
+	ents []*entry
+	req  *Request // with a Store
+}
+
+// Release frees the permit's slots and wakes the next waiters. It is safe
+// to call more than once and from any goroutine.
+func (p Permit) Release() {
+	st := p.st
+	if st == nil || !st.gen.CompareAndSwap(p.gen, p.gen+1) {
+		return
+	}
+	g := st.g
+	if st.req != nil {
+		req := st.req
+		req.Now = time.Now()
+		_ = g.store.Release(context.Background(), req)
+		st.req = nil
+	} else {
+		t := g.mem.tick(time.Now())
+		ents := st.ents
+		if len(ents) == 1 {
+			s := &g.mem.shards[g.mem.shardOf(ents[0].key)]
+			s.mu.Lock()
+			g.mem.release(ents, t)
+			s.mu.Unlock()
+		} else {
+			var b batch
+			b.ents = ents
+			b.setShards(g.mem)
+			b.lock(g.mem)
+			g.mem.release(ents, t)
+			b.unlock(g.mem)
+		}
+		clear(st.ebuf[:])
+		st.ents = nil
+	}
+	g.permits.Put(st)
+}
+
+// Held reports whether the permit holds slots (it was granted and not yet released).
+func (p Permit) Held() bool { return p.st != nil && p.st.gen.Load() == p.gen }
+
+// Acquired returns when the permit was granted: the Started value for
+// Signals about work done under it. Zero for the zero Permit.
+func (p Permit) Acquired() time.Time { return p.dec.Start }
+
+// Decision explains how the permit was granted.
+func (p Permit) Decision() Decision { return p.dec }
+
+func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
+	st := g.permits.Get().(*permitState)
+	if req != nil {
+		st.req = req
+	} else if len(ents) <= len(st.ebuf) {
+		st.ents = st.ebuf[:copy(st.ebuf[:], ents)]
+	} else {
+		st.ents = slices.Clone(ents)
+	}
+	return Permit{st: st, gen: st.gen.Load(), dec: d}
+}
+
+// Acquire blocks until it holds one concurrency slot and has taken one
+// ConnectionRate token on every key, all at once, and returns the Permit
+// that holds the slots. It honours the keys' suspensions and send windows.
+// Waiters on a key are served first come, first served. When ctx ends first,
+// or the wait is known to end after ctx's deadline (then at once), it returns
+// a *WaitError and holds nothing. Keys may repeat and come in any order.
+func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) {
+	if g.store != nil {
+		d, req, err := g.storeRun(ctx, KindSlot, keys, false)
+		if err != nil || !d.OK {
+			return Permit{}, err
+		}
+		return g.newPermit(nil, req, d), nil
+	}
+	var b batch
+	if err := b.prepare(keys); err != nil {
+		return Permit{}, err
+	}
+	d, err := g.memRun(ctx, &b, KindSlot, false)
+	if err != nil {
+		return Permit{}, err
+	}
+	return g.newPermit(b.ents, nil, d), nil
+}
+
+// TryAcquire is Acquire without waiting: it grants only if every key has a
+// free slot and a connection token now and nobody is queued before it. When
+// it does not, the Decision says which key and limit refused it and, for
+// time limits, when it would succeed (RetryAt). err is non-nil only for
+// invalid keys or a failing Store.
+func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
+	if g.store != nil {
+		d, req, err := g.storeRun(context.Background(), KindSlot, keys, true)
+		if err != nil || !d.OK {
+			return Permit{}, d, err
+		}
+		return g.newPermit(nil, req, d), d, nil
+	}
+	var b batch
+	if err := b.prepare(keys); err != nil {
+		return Permit{}, Decision{}, err
+	}
+	d, err := g.memRun(context.Background(), &b, KindSlot, true)
+	if err != nil || !d.OK {
+		return Permit{}, d, err
+	}
+	return g.newPermit(b.ents, nil, d), d, nil
+}
+
+// Take blocks until one event may start on every key: one Rate token and
+// one Quota unit are taken on each, all at once, within the send windows and
+// not while suspended, plus a random Jitter delay. Tokens that come later are
+// reserved at once (FIFO), and Take returns when they are due. When ctx ends
+// first, what was taken is given back and a *WaitError returned; a wait known
+// to end after ctx's deadline fails at once. Jitter is cut short at the deadline.
+func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
+	if g.store != nil {
+		d, _, err := g.storeRun(ctx, KindEvent, keys, false)
+		return d, err
+	}
+	var b batch
+	if err := b.prepare(keys); err != nil {
+		return Decision{}, err
+	}
+	return g.memRun(ctx, &b, KindEvent, false)
+}
+
+// TryTake is Take without waiting and without jitter: it takes a token and
+// a quota unit on every key only if all are available now; otherwise the
+// Decision says which key and limit refused it and when it would succeed.
+func (g *Governor) TryTake(keys ...string) (Decision, error) {
+	if g.store != nil {
+		d, _, err := g.storeRun(context.Background(), KindEvent, keys, true)
+		return d, err
+	}
+	var b batch
+	if err := b.prepare(keys); err != nil {
+		return Decision{}, err
+	}
+	return g.memRun(context.Background(), &b, KindEvent, true)
+}
+
+// batch is the sorted, distinct keys of one request, their entries and
+// the shards to lock, kept on the stack for up to four keys.
+type batch struct {
+	keys   []string
+	ents   []*entry
+	shards []int
+	kbuf   [4]string
+	ebuf   [4]*entry
+	sbuf   [4]int
+}
+
+func (b *batch) prepare(keys []string) error {
+	for _, k := range keys {
+		if k == "" {
+			return ErrInvalidKey
+		}
+	}
+	if len(keys) <= 1 {
+		b.keys = keys
+		return nil
+	}
+	if len(keys) <= len(b.kbuf) {
+		b.keys = b.kbuf[:copy(b.kbuf[:], keys)]
+	} else {
+		b.keys = slices.Clone(keys)
+	}
+	slices.Sort(b.keys)
+	b.keys = slices.Compact(b.keys)
+	return nil
+}
+
+// resolve locks the shards and finds (creating) every key's entry.
+func (b *batch) resolve(en *engine, cp *compiledPolicy, t int64) {
+	if len(b.keys) == 1 {
+		s := &en.shards[en.shardOf(b.keys[0])]
+		s.mu.Lock()
+		b.ebuf[0] = en.get(s, b.keys[0], cp, t)
+		b.ents = b.ebuf[:1]
+		return
+	}
+	if b.shards == nil {
+		if len(b.keys) <= len(b.sbuf) {
+			b.shards = b.sbuf[:0]
+		}
+		for _, k := range b.keys {
+			b.shards = append(b.shards, en.shardOf(k))
+		}
+		slices.Sort(b.shards)
+		b.shards = slices.Compact(b.shards)
+	}
+	b.lock(en)
+	if len(b.keys) <= len(b.ebuf) {
+		b.ents = b.ebuf[:0]
+	} else {
+		b.ents = b.ents[:0]
+	}
+	for _, k := range b.keys {
+		b.ents = append(b.ents, en.get(&en.shards[en.shardOf(k)], k, cp, t))
+	}
+}
+
+func (b *batch) setShards(en *engine) {
+	if len(b.ents) <= len(b.sbuf) {
+		b.shards = b.sbuf[:0]
+	}
+	for _, e := range b.ents {
+		b.shards = append(b.shards, en.shardOf(e.key))
+	}
+	slices.Sort(b.shards)
+	b.shards = slices.Compact(b.shards)
+}
+
+func (b *batch) lock(en *engine) {
+	if b.shards == nil {
+		en.shards[en.shardOf(b.keyAt0())].mu.Lock()
+		return
+	}
+	for _, i := range b.shards {
+		en.shards[i].mu.Lock()
+	}
+}
+
+func (b *batch) unlock(en *engine) {
+	if b.shards == nil {
+		en.shards[en.shardOf(b.keyAt0())].mu.Unlock()
+		return
+	}
+	for _, i := range b.shards {
+		en.shards[i].mu.Unlock()
+	}
+}
+
+func (b *batch) keyAt0() string {
+	if len(b.keys) > 0 {
+		return b.keys[0]
+	}
+	return b.ents[0].key
+}
+
+// memRun runs one request against the in-memory state.
+func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (Decision, error) {
+	en := g.mem
+	now := time.Now()
+	if len(b.keys) == 0 {
+		return Decision{OK: true, Start: now}, nil
+	}
+	first := now
+	deadline := int64(math.MaxInt64)
+	if !try {
+		if dl, ok := ctx.Deadline(); ok {
+			deadline = en.tick(dl)
+		}
+	}
+	var w *waiter
+	var held Decision // the last limit that held the call up
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		t := en.tick(now)
+		cp := g.policy.Load()
+		b.resolve(en, cp, t)
+		v := en.eval(b.ents, kind, now, t, w, cp, try, deadline)
+		if v.ok {
+			start := v.start
+			d := Decision{OK: true}
+			if v.idx >= 0 {
+				d.Key, d.Limit = b.ents[v.idx].key, v.limit
+			} else if w != nil {
+				d.Key, d.Limit, d.Reason = held.Key, held.Limit, held.Reason
+			}
+			if kind == KindEvent && !try {
+				if j, jk := g.jitter(b.ents); j > 0 {
+					if start+j > deadline {
+						j = max(deadline-start, 0)
+					}
+					if j > v.start-t {
+						d.Key, d.Limit = jk, LimitJitter
+					}
+					start += j
+				}
+			}
+			en.commit(b.ents, kind, t, v.start, w)
+			b.unlock(en)
+			if start == t {
+				d.Start = now
+				if w != nil {
+					d.Waited = now.Sub(first)
+				}
+				return d, nil
+			}
+			d.Start = en.wall(start)
+			if err := sleepCtx(ctx, &timer, time.Duration(start-t)); err != nil {
+				b.resolve(en, g.policy.Load(), en.tick(time.Now()))
+				en.undo(b.ents, kind, v.start, en.tick(time.Now()))
+				b.unlock(en)
+				d.OK = false
+				d.RetryAt = d.Start
+				return d, &WaitError{Decision: d, Err: err}
+			}
+			d.Waited = time.Since(first)
+			return d, nil
+		}
+		d := Decision{Key: b.ents[v.idx].key, Limit: v.limit, Reason: v.reason}
+		if v.retry != unknown {
+			d.RetryAt = en.wall(v.retry)
+		}
+		if try {
+			b.unlock(en)
+			return d, nil
+		}
+		if v.retry != unknown && v.retry > deadline {
+			if w != nil && w.on != nil {
+				w.on.dequeue(w)
+			}
+			b.unlock(en)
+			return d, &WaitError{Decision: d, Err: context.DeadlineExceeded}
+		}
+		if w == nil {
+			w = &waiter{ch: make(chan struct{}, 1)}
+		}
+		held = d
+		b.ents[v.idx].enqueue(w)
+		b.unlock(en)
+		var tc <-chan time.Time
+		if v.retry != unknown {
+			resetTimer(&timer, time.Duration(v.retry-t))
+			tc = timer.C
+		}
+		select {
+		case <-w.ch:
+		case <-tc:
+		case <-ctx.Done():
+			b.resolve(en, g.policy.Load(), en.tick(time.Now()))
+			if w.on != nil {
+				w.on.dequeue(w)
+			}
+			b.unlock(en)
+			return d, &WaitError{Decision: d, Err: ctx.Err()}
+		}
+		now = time.Now()
+	}
+}
+
+func resetTimer(timer **time.Timer, d time.Duration) {
+	if *timer == nil {
+		*timer = time.NewTimer(d)
+		return
+	}
+	(*timer).Reset(d)
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, timer **time.Timer, d time.Duration) error {
+	resetTimer(timer, d)
+	select {
+	case <-(*timer).C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// jitter draws the random delay for a request: uniform in [0, J) where J is
+// the largest Jitter of its keys.
+func (g *Governor) jitter(ents []*entry) (int64, string) {
+	var j int64
+	var key string
+	for _, e := range ents {
+		if e.lim.jitter > j {
+			j, key = e.lim.jitter, e.key
+		}
+	}
+	if j <= 0 {
+		return 0, ""
+	}
+	g.randMu.Lock()
+	r := g.rnd.Uint64()
+	g.randMu.Unlock()
+	return int64(float64(r>>11) / (1 << 53) * float64(j)), key
+}
+
+// Feedback applies a signal to key (see SignalKind and Adaptive). Report a
+// Congestion before releasing the Permit of the refused work, so that the
+// governor sees how many holders the receiver refused at. It fails only for
+// an invalid key or a failing Store.
+func (g *Governor) Feedback(key string, s Signal) error {
+	if key == "" {
+		return ErrInvalidKey
+	}
+	now := time.Now()
+	if s.Started.IsZero() {
+		s.Started = now
+	}
+	cp := g.policy.Load()
+	if g.store != nil {
+		return storeErr(g.store.Feedback(context.Background(), now, key, cp.lookup(key).raw, s))
+	}
+	en := g.mem
+	t := en.tick(now)
+	sh := &en.shards[en.shardOf(key)]
+	sh.mu.Lock()
+	e := en.get(sh, key, cp, t)
+	e.limits(cp)
+	e.feedback(s, t, en.tick(s.Started))
+	sh.mu.Unlock()
+	return nil
+}
+
+// feedback applies s to e; started is the tick the work began.
+func (e *entry) feedback(s Signal, t, started int64) {
+	l := e.lim
+	if s.Reason != "" {
+		e.reason = s.Reason
+	}
+	switch s.Kind {
+	case Success:
+		e.failures = 0
+		if l.maxConc == 0 {
+			return
+		}
+		old := e.slots()
+		c := max(e.eff, 1)
+		n := e.eff + l.increase/c
+		if e.capUntil > t && n > e.capAt {
+			n = max(e.capAt, e.eff)
+		}
+		n = min(n, float64(l.maxConc))
+		if n != e.eff {
+			e.eff, e.adapted = n, true
+		}
+		if e.slots() > old {
+			e.wake()
+		}
+	case Congestion:
+		if l.maxConc == 0 || started <= e.lastDecrease {
+			return
+		}
+		e.lastDecrease = t
+		n := max(e.eff*l.decrease, 1)
+		seen := max(float64(e.held-1), 1) // holders the receiver did accept
+		e.capAt = min(max(n, seen), max(e.eff, 1))
+		e.capUntil = t + l.probeAfter
+		e.eff, e.adapted = n, true
+	case RateLimited:
+		if !l.limitedRate {
+			e.suspend(t+l.ratePause, "rate limited: "+s.Reason)
+			return
+		}
+		if e.rateUntil <= t {
+			e.rateMul = 1
+		}
+		if e.rateUntil <= t || started > e.lastRateCut {
+			e.rateMul = max(e.rateMul*l.rateFactor, 1e-6)
+			e.lastRateCut = t
+		}
+		e.rateUntil = t + l.rateFor
+	case Failure:
+		e.failures++
+		n := l.cohort
+		if n == 0 {
+			n = DefaultFailureCohort
+			if l.maxConc > 0 {
+				n = e.slots()
+			}
+		}
+		if e.failures >= n {
+			e.failures = 0
+			e.suspend(t+l.suspendFor, "failed cohort of "+strconv.Itoa(n)+": "+s.Reason)
+		}
+	}
+}
+
+func (e *entry) suspend(until int64, reason string) {
+	if until > e.suspUntil {
+		e.suspUntil = until
+		e.suspReason = reason
+	}
+}
+
+// Suspend stops new grants on key until the given time (Acquire and Take
+// wait, Try forms refuse with LimitSuspended and the reason). Slots already
+// held are not affected. A later Suspend replaces the time.
+func (g *Governor) Suspend(key string, until time.Time, reason string) error {
+	return g.setSuspension(key, until, reason)
+}
+
+// Resume ends key's suspension (and its failure count) at once.
+func (g *Governor) Resume(key string) error {
+	return g.setSuspension(key, time.Time{}, "")
+}
+
+func (g *Governor) setSuspension(key string, until time.Time, reason string) error {
+	if key == "" {
+		return ErrInvalidKey
+	}
+	now := time.Now()
+	if g.store != nil {
+		if until.IsZero() {
+			return storeErr(g.store.Resume(context.Background(), now, key))
+		}
+		return storeErr(g.store.Suspend(context.Background(), now, key, until, reason))
+	}
+	en := g.mem
+	t := en.tick(now)
+	cp := g.policy.Load()
+	sh := &en.shards[en.shardOf(key)]
+	sh.mu.Lock()
+	e := en.get(sh, key, cp, t)
+	e.limits(cp)
+	e.setSuspension(en, until, reason)
+	sh.mu.Unlock()
+	return nil
+}
+
+// setSuspension suspends e until the given time, or resumes it (zero until).
+func (e *entry) setSuspension(en *engine, until time.Time, reason string) {
+	if until.IsZero() {
+		e.suspUntil, e.failures = 0, 0
+	} else {
+		e.suspUntil, e.suspReason = en.tick(until), reason
+		if reason != "" {
+			e.reason = reason
+		}
+	}
+	e.wake()
+}
+
+// Snapshot returns the state of every key the governor remembers, sorted
+// by key. It locks one shard at a time, so it is cheap but not atomic across
+// keys.
+func (g *Governor) Snapshot() ([]KeyState, error) {
+	now := time.Now()
+	cp := g.policy.Load()
+	if g.store != nil {
+		ks, err := g.store.Snapshot(context.Background(), now)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		for i := range ks {
+			ks[i].Limits = cp.lookup(ks[i].Key).raw
+		}
+		return ks, nil
+	}
+	return g.mem.snapshot(cp, now), nil
+}
+
+// snapshot returns every entry's state, sorted by key.
+func (en *engine) snapshot(cp *compiledPolicy, now time.Time) []KeyState {
+	t := en.tick(now)
+	var out []KeyState
+	for i := range en.shards {
+		s := &en.shards[i]
+		s.mu.Lock()
+		for _, e := range s.m {
+			e.limits(cp)
+			out = append(out, e.state(en, now, t))
+		}
+		s.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b KeyState) int { return cmpString(a.Key, b.Key) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// state describes e at t.
+func (e *entry) state(en *engine, now time.Time, t int64) KeyState {
+	l := e.lim
+	ks := KeyState{
+		Key: e.key, Limits: l.raw, InFlight: e.held, Waiting: len(e.q),
+		Concurrency: e.slots(), LastReason: e.reason, LastUsed: en.wall(e.lastUsed),
+	}
+	if iv := e.ivl(l.ival, t); iv > 0 {
+		ks.Rate = ratePerSecond(iv)
+		ks.Tokens = tokens(e.tat, t, iv, burstOf(l.raw.Burst))
+	}
+	if iv := e.ivl(l.civl, t); iv > 0 {
+		ks.ConnectionRate = ratePerSecond(iv)
+		ks.ConnectionTokens = tokens(e.ctat, t, iv, burstOf(l.raw.ConnectionBurst))
+	}
+	if l.qmax > 0 {
+		if l.qcal != Rolling {
+			if t < e.qEnd {
+				ks.QuotaUsed = e.qCount
+				if e.qCount > 0 {
+					ks.QuotaResets = en.wall(e.qEnd)
+				}
+			}
+		} else {
+			e.dropExpired(t)
+			ks.QuotaUsed = len(e.qTimes)
+			if len(e.qTimes) > 0 {
+				ks.QuotaResets = en.wall(e.qTimes[0] + l.qwin)
+			}
+		}
+	}
+	if e.suspUntil > t {
+		ks.SuspendedUntil = en.wall(e.suspUntil)
+	}
+	return ks
+}
+
+func tokens(tat, t, iv, burst int64) float64 {
+	return float64(burst) - float64(max(tat, t)-t)/float64(iv)
+}
+
+// EvictIdle forgets every key that has been quiescent for the idle timeout
+// now, instead of waiting for the lazy sweep that runs as keys are created.
+func (g *Governor) EvictIdle() { g.mem.evictIdle(time.Now()) }
+
+func (en *engine) evictIdle(now time.Time) {
+	if en.idle < 0 {
+		return
+	}
+	t := en.tick(now)
+	for i := range en.shards {
+		s := &en.shards[i]
+		s.mu.Lock()
+		en.sweep(s, t)
+		s.mu.Unlock()
+	}
+}
+
+func (g *Governor) newTicket() string {
+	return g.prefix + "-" + strconv.FormatUint(g.tickets.Add(1), 36)
+}

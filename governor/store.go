@@ -1,0 +1,124 @@
+package governor
+
+import (
+	"context"
+	"time"
+)
+
+// Store holds the state of keys for a Governor that is given one in
+// Config.Store, so that several processes can share limits (a Redis store).
+// The Governor keeps the Policy, jitter, blocking and contexts; the Store
+// keeps, per key: held slots, the two token buckets, quota counts, the send
+// window check, suspension, adapted limits and the FIFO queue of waiters.
+// Without a Config.Store the Governor uses its own in-memory state directly
+// (not through this interface); NewMemoryStore returns that same state
+// behind this interface, as the reference implementation.
+//
+// Every method decides at the time it is given (Request.Now, now), never by
+// reading a clock of its own, so that tests drive it with explicit times. A
+// shared store may offer a mode that uses a common clock (Redis TIME) to
+// avoid skew between processes, but must honour the given times by default.
+//
+// A Store must be safe for concurrent use. What it must guarantee:
+//
+//  1. All-or-nothing: Reserve commits everything the request takes on every
+//     key, or nothing on any key. No interleaving of concurrent calls may
+//     expose a partial reservation (a Redis store runs one script).
+//  2. Checks, per key, in Reserve at req.Now (each with the Limits given in
+//     req.Limits for that key; zero values mean no limit, as documented on
+//     Limits):
+//     suspension: suspended until T > Now blocks, RetryAt T;
+//     send window: Limits.Window closed at Now blocks, RetryAt its next opening;
+//     for KindSlot: held slots >= the effective concurrency blocks, RetryAt
+//     unknown (zero); the effective concurrency is min(MaxConcurrency,
+//     floor(adapted)), at least 1; then a ConnectionRate token;
+//     for KindEvent: a used-up Quota blocks, RetryAt when a unit frees up;
+//     then a Rate token.
+//     FIFO: while other tickets wait on a key (were refused and have neither
+//     been granted nor cancelled), a request with another ticket is refused
+//     on that key with LimitQueue (RetryAt zero), except that the oldest
+//     waiting ticket of the key may proceed.
+//  3. Tokens: token buckets are GCRA/x-time-rate buckets with nanosecond
+//     precision: capacity Burst (0 means 1), refilled at Rate (lowered by a
+//     RateLimited signal in force). When every other check passes and the
+//     tokens of some key only come at a later time T, the request is granted
+//     with Start = the latest such T, taking the tokens ahead (they go
+//     negative), unless req.Try is set or req.Deadline is non-zero and T is
+//     after it: then nothing is taken and the request is refused with
+//     RetryAt T and the key and limit (LimitRate or LimitConnectionRate).
+//  4. When refused, Grant.Decision names the key and limit with the latest
+//     known RetryAt, or any key whose RetryAt is unknown (zero) in preference
+//     to known ones; a refused non-Try request joins the FIFO queue of that
+//     key under req.Ticket (the same ticket keeps its place if it was
+//     already queued there). Grant.Wake, if not nil, must receive or be
+//     closed when something changes that may let the request succeed before
+//     RetryAt (a slot released, a resume, a ticket ahead leaving the queue,
+//     an increase of concurrency); the Governor also retries at RetryAt, and
+//     every second if Wake is nil and RetryAt is zero.
+//  5. Granted KindSlot requests hold one slot on each key under req.Ticket
+//     until Release. A store may lease slots (expire them if the holder dies)
+//     but must then renew them while held; that is the store's business.
+//  6. Cancel undoes a granted request that was not used (its context ended
+//     before Start): its slots are freed, its quota units given back, and
+//     its tokens returned to the buckets (GCRA: the theoretical arrival time
+//     moves back by one emission interval, not before Now). For a request that
+//     was refused and is waiting, Cancel removes its ticket from the queues.
+//     Cancel of an unknown ticket is a no-op.
+//  7. Release frees the slots req.Ticket holds on req.Keys. Release of a
+//     ticket that holds nothing is a no-op (the Governor releases once, but a
+//     store must be idempotent).
+//  8. Feedback applies a Signal to a key exactly as documented on Adaptive and
+//     SignalKind (the in-memory store is the reference); Suspend and Resume
+//     set and clear a suspension; Snapshot returns the keys it holds state
+//     for, each with the fields of KeyState it can fill (Limits is filled by
+//     the Governor).
+//  9. Keys that are quiescent for longer than the idle timeout may be
+//     forgotten (adapted state included): the Governor does not rely on
+//     anything surviving that.
+//
+// Store methods return an error only when the store itself fails (network,
+// server); the Governor wraps it with ErrStore.
+type Store interface {
+	Reserve(ctx context.Context, req *Request) (Grant, error)
+	Cancel(ctx context.Context, req *Request, g Grant) error
+	Release(ctx context.Context, req *Request) error
+	Feedback(ctx context.Context, now time.Time, key string, lim Limits, s Signal) error
+	Suspend(ctx context.Context, now time.Time, key string, until time.Time, reason string) error
+	Resume(ctx context.Context, now time.Time, key string) error
+	Snapshot(ctx context.Context, now time.Time) ([]KeyState, error)
+}
+
+// Request is one all-or-nothing acquisition, as the Governor hands it to a
+// Store. The Governor reuses the same *Request, with the same Ticket, across
+// the retries of one waiting call, and for its Cancel and Release.
+type Request struct {
+	Kind   Kind
+	Keys   []string // sorted ascending, distinct, non-empty
+	Limits []Limits // Limits[i] is the policy's Limits for Keys[i]
+	Now    time.Time
+
+	// Deadline, when not zero, is the latest acceptable Start: a grant whose
+	// tokens come later is refused instead (nothing taken).
+	Deadline time.Time
+
+	// Try marks a non-blocking attempt: grant only if Start would be Now, and
+	// never join a queue.
+	Try bool
+
+	// Ticket identifies the request, unique across every process sharing the
+	// store (Config.Tickets prefixes it). It names the waiter in queues and
+	// the holder of slots.
+	Ticket string
+}
+
+// Grant is a Store's answer to Reserve.
+type Grant struct {
+	OK bool
+	// Start is when the work may start (>= Now; later when tokens were taken
+	// ahead). Set when OK.
+	Start time.Time
+	// Decision, when not OK, says which key and limit refused it and RetryAt.
+	Decision Decision
+	// Wake, when not OK and not nil, signals a change worth a retry (contract 4).
+	Wake <-chan struct{}
+}

@@ -1,0 +1,139 @@
+package governor
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// storePoll is how often a waiter with neither a Wake channel nor a
+// RetryAt retries against a Store.
+const storePoll = time.Second
+
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrStore, err)
+}
+
+// storeRun runs one request against g.store. It returns the Request of a
+// granted KindSlot request (its Ticket holds the slots).
+func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try bool) (Decision, *Request, error) {
+	for _, k := range keys {
+		if k == "" {
+			return Decision{}, nil, ErrInvalidKey
+		}
+	}
+	sorted := slices.Clone(keys)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	now := time.Now()
+	if len(sorted) == 0 {
+		return Decision{OK: true, Start: now}, nil, nil
+	}
+	req := &Request{Kind: kind, Keys: sorted, Limits: make([]Limits, len(sorted)), Try: try, Ticket: g.newTicket()}
+	if !try {
+		req.Deadline = ctxDeadline(ctx)
+	}
+	first := now
+	queued := false
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	// bg runs the clean-up calls even when ctx is done.
+	bg := context.WithoutCancel(ctx)
+	for {
+		cp := g.policy.Load()
+		for i, k := range sorted {
+			req.Limits[i] = cp.lookup(k).raw
+		}
+		req.Now = now
+		gr, err := g.store.Reserve(ctx, req)
+		if err != nil {
+			if queued {
+				_ = g.store.Cancel(bg, req, Grant{})
+			}
+			return Decision{}, nil, storeErr(err)
+		}
+		if gr.OK {
+			d := Decision{OK: true, Start: gr.Start, Key: gr.Decision.Key, Limit: gr.Decision.Limit}
+			start := gr.Start
+			if kind == KindEvent && !try {
+				var jmax time.Duration
+				var jkey string
+				for i, l := range req.Limits {
+					if l.Jitter > jmax {
+						jmax, jkey = l.Jitter, sorted[i]
+					}
+				}
+				if jmax > 0 {
+					j := time.Duration(g.draw(int64(jmax)))
+					if !req.Deadline.IsZero() && start.Add(j).After(req.Deadline) {
+						j = max(req.Deadline.Sub(start), 0)
+					}
+					if j > start.Sub(now) {
+						d.Key, d.Limit = jkey, LimitJitter
+					}
+					start = start.Add(j)
+					d.Start = start
+				}
+			}
+			if wait := start.Sub(time.Now()); wait > 0 {
+				if err := sleepCtx(ctx, &timer, wait); err != nil {
+					req.Now = time.Now()
+					_ = g.store.Cancel(bg, req, gr)
+					d.OK, d.RetryAt = false, start
+					return d, nil, &WaitError{Decision: d, Err: err}
+				}
+			}
+			if queued || start.After(first) {
+				d.Waited = time.Since(first)
+			}
+			return d, req, nil
+		}
+		d := gr.Decision
+		d.OK = false
+		if try {
+			return d, nil, nil
+		}
+		queued = true
+		if !d.RetryAt.IsZero() && !req.Deadline.IsZero() && d.RetryAt.After(req.Deadline) {
+			req.Now = time.Now()
+			_ = g.store.Cancel(bg, req, Grant{})
+			return d, nil, &WaitError{Decision: d, Err: context.DeadlineExceeded}
+		}
+		wait := storePoll
+		if !d.RetryAt.IsZero() {
+			wait = max(d.RetryAt.Sub(now), 0)
+		} else if gr.Wake != nil {
+			wait = -1
+		}
+		var tc <-chan time.Time
+		if wait >= 0 {
+			resetTimer(&timer, wait)
+			tc = timer.C
+		}
+		select {
+		case <-gr.Wake:
+		case <-tc:
+		case <-ctx.Done():
+			req.Now = time.Now()
+			_ = g.store.Cancel(bg, req, Grant{})
+			return d, nil, &WaitError{Decision: d, Err: ctx.Err()}
+		}
+		now = time.Now()
+	}
+}
+
+// draw returns a uniform random int64 in [0, n).
+func (g *Governor) draw(n int64) int64 {
+	g.randMu.Lock()
+	r := g.rnd.Uint64()
+	g.randMu.Unlock()
+	return int64(float64(r>>11) / (1 << 53) * float64(n))
+}
