@@ -174,10 +174,12 @@ func (c *Classifier) Classify(r Reply) Classification {
 		// classifier that bounced mail on garbage would lose mail.
 		return Classification{Transient: true, Rule: RuleMalformed}
 	}
-	var m matcher
-	m.text = r.Text
+	// The text lower-cased, white space collapsed, once; on the stack
+	// unless it is long.
+	var scratch [512]byte
+	t := normalize(scratch[:0], r.Text)
 
-	if i, ok := c.match(r, class, &m); ok {
+	if i, ok := c.match(r, class, t); ok {
 		cr := &c.rules[i]
 		out := Classification{
 			Transient: class == 4,
@@ -195,7 +197,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 			out.Scope = DefaultScope(out.Category)
 		}
 		if out.Transient {
-			out.RetryAfter = m.retryHint()
+			out.RetryAfter = retryHint(t)
 			if out.RetryAfter == 0 {
 				out.RetryAfter = cr.RetryAfter
 			}
@@ -213,7 +215,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 		out.Scope = DefaultScope(out.Category)
 	}
 	if out.Transient {
-		out.RetryAfter = m.retryHint()
+		out.RetryAfter = retryHint(t)
 	}
 	return out
 }
@@ -221,7 +223,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 // match returns the index of the first rule, in list order, that matches.
 // Only the rules indexed under the reply's enhanced code, basic code and
 // class, and the rules with no code condition, are looked at.
-func (c *Classifier) match(r Reply, class int, m *matcher) (int32, bool) {
+func (c *Classifier) match(r Reply, class int, t []byte) (int32, bool) {
 	var lists [4][]int32
 	n := 0
 	if !r.Enhanced.IsZero() && r.Enhanced.Subject >= 0 && r.Enhanced.Subject < 8 &&
@@ -258,13 +260,13 @@ func (c *Classifier) match(r Reply, class int, m *matcher) (int32, bool) {
 		}
 		i := lists[best][0]
 		lists[best] = lists[best][1:]
-		if c.rules[i].matches(r, class, m) {
+		if c.rules[i].matches(r, class, t) {
 			return i, true
 		}
 	}
 }
 
-func (cr *compiledRule) matches(r Reply, class int, m *matcher) bool {
+func (cr *compiledRule) matches(r Reply, class int, t []byte) bool {
 	if cr.Code != 0 && cr.Code != r.Code {
 		return false
 	}
@@ -290,7 +292,6 @@ func (cr *compiledRule) matches(r Reply, class int, m *matcher) bool {
 	if len(cr.all) == 0 && len(cr.any) == 0 {
 		return true
 	}
-	t := m.normalized()
 	for _, nd := range cr.all {
 		if !bytes.Contains(t, nd) {
 			return false

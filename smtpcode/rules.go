@@ -130,6 +130,7 @@ var defaultRules = []Rule{
 		Category: Authentication, Scope: ScopeMessage},
 	{Name: "text-tls", ContainsAny: []string{"starttls", "tls not available", "tls required", "must use tls", "encryption required"},
 		Category: TLS, Scope: ScopeConnection},
+	{Name: "text-too-many-recipients", Contains: []string{"too many recipients"}, Category: RateLimit, Scope: ScopeMessage},
 	{Name: "text-rate-limit", ContainsAny: []string{"rate limit", "rate-limit", "ratelimit", "rate limited", "too many messages",
 		"too many connections", "too many recipients", "frequency limited", "receiving mail too quickly", "receiving mail at a rate",
 		"max message per connection", "messages per", "relay limit exceeded", "sending limit", "quota exceeded for sending",

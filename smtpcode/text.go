@@ -5,44 +5,43 @@ import (
 	"time"
 )
 
-// matcher holds a reply's text lower-cased with white space collapsed,
-// built once per Classify and only when a rule needs it.
-type matcher struct {
-	text  string
-	norm  []byte
-	built bool
-	buf   [512]byte
-}
-
-func (m *matcher) normalized() []byte {
-	if !m.built {
-		m.norm = normalize(m.buf[:0], m.text)
-		m.built = true
-	}
-	return m.norm
-}
-
 // normalize appends s to dst lower-cased (ASCII) with every run of white
 // space turned into one space and leading/trailing space dropped.
 func normalize(dst []byte, s string) []byte {
+	if cap(dst)-len(dst) < len(s) {
+		dst = append(make([]byte, 0, len(dst)+len(s)), dst...)
+	}
+	n := len(dst)
+	out := dst[:n+len(s)]
 	space := false
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if isSpace(c) {
-			space = len(dst) > 0
+		if c <= ' ' && (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+			space = n > len(dst)
 			continue
 		}
 		if space {
-			dst = append(dst, ' ')
+			out[n] = ' '
+			n++
 			space = false
 		}
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		dst = append(dst, c)
+		out[n] = lowerTable[c]
+		n++
 	}
-	return dst
+	return out[:n]
 }
+
+// lowerTable maps ASCII upper case to lower case and every other byte to
+// itself.
+var lowerTable = func() (t [256]byte) {
+	for i := range t {
+		t[i] = byte(i)
+		if i >= 'A' && i <= 'Z' {
+			t[i] = byte(i) + 'a' - 'A'
+		}
+	}
+	return t
+}()
 
 // hintTriggers precede a delay the server asks for: "try again in 92
 // seconds", "retry in 5 minutes", "Greylisted for 300 seconds",
@@ -62,24 +61,22 @@ var hintTriggers = [...][]byte{
 // maxHint caps what a server's text can ask for.
 const maxHint = 24 * time.Hour
 
-// retryHint returns the first delay the text asks for, or 0.
-func (m *matcher) retryHint() time.Duration {
-	if !hasDigit(m.text) {
-		return 0
-	}
-	t := m.normalized()
-	for _, tr := range hintTriggers {
-		off := 0
-		for off < len(t) {
-			i := bytes.Index(t[off:], tr)
-			if i < 0 {
+// retryHint returns the first delay the text asks for, or 0. t is the
+// normalized text.
+func retryHint(t []byte) time.Duration {
+	// Look only where a number starts after a space, then check the words
+	// before it: one pass, whatever the number of triggers.
+	for i := 1; i < len(t); i++ {
+		if t[i-1] != ' ' || !isDigit(t[i]) {
+			continue
+		}
+		for _, tr := range hintTriggers {
+			if bytes.HasSuffix(t[:i], tr) {
+				if d := parseDelay(t[i:]); d > 0 {
+					return d
+				}
 				break
 			}
-			at := off + i + len(tr)
-			if d := parseDelay(t[at:]); d > 0 {
-				return d
-			}
-			off = at
 		}
 	}
 	return 0
