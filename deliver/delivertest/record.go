@@ -1,0 +1,319 @@
+package delivertest
+
+import (
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Cause says which behaviour of the receiver produced a reply.
+type Cause int
+
+const (
+	CauseNone           Cause = iota // an ordinary reply (greeting, 250, go-smtp's own errors)
+	CauseConcurrency                 // Limits.MaxConnections
+	CauseConnectionRate              // Limits.ConnectionRate
+	CauseMessageRate                 // Limits.MessageRate
+	CausePenalty                     // a Rate's Penalty after it tripped
+	CauseMaxMessages                 // Limits.MaxMessagesPerConnection
+	CauseMaxRecipients               // Limits.MaxRecipients
+	CauseGreylist                    // Config.Greylist
+	CauseRecipient                   // Config.Recipients
+	CauseFault                       // Config.Faults
+)
+
+var causeNames = [...]string{"none", "concurrency", "connection_rate", "message_rate", "penalty", "max_messages", "max_recipients", "greylist", "recipient", "fault"}
+
+func (c Cause) String() string {
+	if c >= 0 && int(c) < len(causeNames) {
+		return causeNames[c]
+	}
+	return "Cause(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Throttling reports whether c is a throttling reply: the receiver refused
+// because the client went too fast or too wide, not because of the message.
+func (c Cause) Throttling() bool {
+	switch c {
+	case CauseConcurrency, CauseConnectionRate, CauseMessageRate, CausePenalty:
+		return true
+	}
+	return false
+}
+
+// Connection is one connection as the receiver saw it.
+type Connection struct {
+	ID      int
+	Client  string    // the client's identity
+	Start   time.Time // accepted
+	End     time.Time // closed; zero while open
+	Refused bool      // answered a refusal instead of the greeting (limits or a StepConnect fault)
+	TLS     bool      // STARTTLS completed
+	User    string    // authenticated with AUTH, if any
+	// Messages counts the messages accepted on it.
+	Messages int
+}
+
+// Open reports whether the connection is still open.
+func (c Connection) Open() bool { return c.End.IsZero() }
+
+// Message is one message the receiver took in.
+type Message struct {
+	ConnID int
+	Client string
+	From   string
+	To     []string
+	Data   []byte // nil with Config.DiscardData
+	Time   time.Time
+	// Dropped: the whole body and final dot arrived but the receiver
+	// dropped or hung the connection before replying (a StepDot fault), so
+	// the client cannot know it was delivered.
+	Dropped bool
+}
+
+// RecordedReply is one reply the receiver wrote.
+type RecordedReply struct {
+	Time     time.Time
+	ConnID   int
+	Client   string
+	Code     int    // 0 for a line that is not a reply (ActionGarbage)
+	Enhanced string // from the last line; empty if none
+	Text     string // lines joined by "\n", codes removed
+	Cause    Cause
+}
+
+// Reply returns r as a Reply.
+func (r RecordedReply) Reply() Reply { return Reply{Code: r.Code, Enhanced: r.Enhanced, Text: r.Text} }
+
+// ClientStats sums up what one client did.
+type ClientStats struct {
+	Connections    int // accepted, including refused ones
+	Refused        int // refused at connect
+	Messages       int // accepted messages (Dropped ones excluded)
+	Throttled      int // throttling replies (Cause.Throttling)
+	Greylisted     int
+	MaxConcurrency int // the most connections it held open at once, refused ones included
+}
+
+// record is the state behind the Server's read methods; every field is
+// guarded by Server.mu.
+type record struct {
+	conns    []Connection
+	messages []Message
+	replies  []RecordedReply
+	stats    map[string]*ClientStats
+	maxAll   int
+	openAll  int
+	events   []connEvent // opens and closes, in order
+}
+
+type connEvent struct {
+	at     time.Time
+	client string
+	delta  int
+}
+
+func (r *record) client(id string) *ClientStats {
+	st := r.stats[id]
+	if st == nil {
+		st = &ClientStats{}
+		r.stats[id] = st
+	}
+	return st
+}
+
+// Connections returns every connection accepted so far, in order.
+func (s *Server) Connections() []Connection {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.rec.conns)
+}
+
+// Messages returns every message taken in so far, in order.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := slices.Clone(s.rec.messages)
+	for i := range out {
+		out[i].To = slices.Clone(out[i].To)
+	}
+	return out
+}
+
+// Replies returns every reply written so far, in order.
+func (s *Server) Replies() []RecordedReply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.rec.replies)
+}
+
+// MessageCount returns the number of messages accepted (Dropped excluded).
+func (s *Server) MessageCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, m := range s.rec.messages {
+		if !m.Dropped {
+			n++
+		}
+	}
+	return n
+}
+
+// Received returns the accepted messages (Dropped excluded) that had rcpt
+// among their recipients.
+func (s *Server) Received(rcpt string) []Message {
+	var out []Message
+	for _, m := range s.Messages() {
+		if !m.Dropped && slices.Contains(m.To, rcpt) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Stats returns the sums for one client identity.
+func (s *Server) Stats(client string) ClientStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.rec.stats[client]; st != nil {
+		return *st
+	}
+	return ClientStats{}
+}
+
+// Clients returns the sums for every client seen.
+func (s *Server) Clients() map[string]ClientStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]ClientStats, len(s.rec.stats))
+	for id, st := range s.rec.stats {
+		out[id] = *st
+	}
+	return out
+}
+
+// ClientNames returns the identities seen, sorted.
+func (s *Server) ClientNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.rec.stats))
+	for id := range s.rec.stats {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// MaxConcurrency returns the most connections client held open at once,
+// refused ones included (a sender that trips a cap of 2 shows 3). The empty
+// client means all clients together.
+func (s *Server) MaxConcurrency(client string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if client == "" {
+		return s.rec.maxAll
+	}
+	if st := s.rec.stats[client]; st != nil {
+		return st.MaxConcurrency
+	}
+	return 0
+}
+
+// MaxConcurrencySince returns the most connections client held open at once
+// at or after t (the empty client means all clients), e.g. since the first
+// congestion reply. Connections are replayed in the order the server saw
+// them open and close, so it also holds in fake time, where many events
+// share one instant.
+func (s *Server) MaxConcurrencySince(client string, t time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	open, peak := 0, 0
+	for _, e := range s.rec.events {
+		if client != "" && e.client != client {
+			continue
+		}
+		open += e.delta
+		if e.at.Before(t) {
+			peak = open // open at t, so far
+		} else {
+			peak = max(peak, open)
+		}
+	}
+	return peak
+}
+
+// Throttled returns the number of throttling replies (Cause.Throttling) sent
+// to client; the empty client means all.
+func (s *Server) Throttled(client string) int {
+	return s.count(client, func(r RecordedReply) bool { return r.Cause.Throttling() })
+}
+
+// CountCause returns the number of replies with cause c sent to client; the
+// empty client means all.
+func (s *Server) CountCause(client string, c Cause) int {
+	return s.count(client, func(r RecordedReply) bool { return r.Cause == c })
+}
+
+// CountCode returns the number of replies with basic code code sent to
+// client; the empty client means all.
+func (s *Server) CountCode(client string, code int) int {
+	return s.count(client, func(r RecordedReply) bool { return r.Code == code })
+}
+
+// FirstReply returns the first reply with cause c (any client), and false if
+// there is none yet.
+func (s *Server) FirstReply(c Cause) (RecordedReply, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.rec.replies {
+		if r.Cause == c {
+			return r, true
+		}
+	}
+	return RecordedReply{}, false
+}
+
+func (s *Server) count(client string, match func(RecordedReply) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.rec.replies {
+		if (client == "" || r.Client == client) && match(r) {
+			n++
+		}
+	}
+	return n
+}
+
+// parseReplyLines turns the lines of one reply into a RecordedReply's code,
+// enhanced code and text. ok is false for a line that is not a reply.
+func parseReplyLine(line string) (code int, final bool, rest string, ok bool) {
+	if len(line) < 3 {
+		return 0, false, line, false
+	}
+	n, err := strconv.Atoi(line[:3])
+	if err != nil || n < 100 || n > 599 {
+		return 0, false, line, false
+	}
+	switch {
+	case len(line) == 3:
+		return n, true, "", true
+	case line[3] == ' ':
+		return n, true, line[4:], true
+	case line[3] == '-':
+		return n, false, line[4:], true
+	}
+	return 0, false, line, false
+}
+
+// splitEnhanced removes a leading enhanced code from a reply line's text.
+func splitEnhanced(text string) (enhanced, rest string) {
+	head, tail, _ := strings.Cut(text, " ")
+	if _, err := parseEnhanced(head); err == nil {
+		return head, tail
+	}
+	return "", text
+}
