@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -134,6 +135,26 @@ type Decision struct {
 	// LastChance is true when At was brought forward to the message's
 	// maximum age: one final attempt then, rather than expiring mid-interval.
 	LastChance bool
+}
+
+// String describes the decision for logs: "retry in 33s at
+// 2026-12-04T09:00:33Z (interval 30s, hint 30s, last chance)".
+func (d Decision) String() string {
+	msg := fmt.Sprintf("retry in %v at %s", d.Delay, d.At.Format(time.RFC3339))
+	var notes []string
+	if d.Interval > 0 {
+		notes = append(notes, "interval "+d.Interval.String())
+	}
+	if d.Hint > 0 {
+		notes = append(notes, "hint "+d.Hint.String())
+	}
+	if d.LastChance {
+		notes = append(notes, "last chance")
+	}
+	if len(notes) > 0 {
+		msg += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return msg
 }
 
 // NextAttempt decides what to do after delivery attempt number attempt

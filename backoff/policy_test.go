@@ -417,3 +417,18 @@ func TestPolicyConcurrentUse(t *testing.T) {
 		<-done
 	}
 }
+
+func TestDecisionString(t *testing.T) {
+	var p Policy
+	c := transient(smtpcode.Congestion)
+	c.RetryAfter = 92 * time.Second
+	d, err := p.NextAttempt(c, 1, t0, t0, low)
+	require.NoError(t, err)
+	assert.Equal(t, "retry in 1m32s at 2026-12-04T09:01:32Z (interval 30s, hint 1m32s)", d.String())
+	d, err = p.NextAttempt(transient(smtpcode.System), 9, t0, t0.Add(DefaultMaxAge-time.Minute), mid)
+	require.NoError(t, err)
+	assert.Equal(t, "retry in 1m0s at 2026-12-09T09:00:00Z (interval 1h6m40s, last chance)", d.String())
+	d, err = p.Postpone(3*time.Second, t0, t0)
+	require.NoError(t, err)
+	assert.Equal(t, "retry in 3s at 2026-12-04T09:00:03Z", d.String())
+}
