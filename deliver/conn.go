@@ -1,0 +1,501 @@
+package deliver
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluicemail/sluice/governor"
+	"github.com/sluicemail/sluice/smtpcode"
+)
+
+// outcome is what one step ended with: a reply (received, or synthesized
+// locally when local is set) and/or an error, and its classification.
+type outcome struct {
+	reply smtpcode.Reply
+	err   error
+	class smtpcode.Classification
+	local bool
+}
+
+func (o *outcome) hasReply() bool { return o.reply.Code != 0 || !o.reply.Enhanced.IsZero() }
+
+// Locally synthesized replies.
+var (
+	// RFC 6531 3.5: a message that needs SMTPUTF8 cannot go to a server
+	// without it.
+	replyNoSMTPUTF8 = smtpcode.Reply{Code: 553, Enhanced: smtpcode.EnhancedCode{Class: 5, Subject: 6, Detail: 7}, Text: "Receiver does not support SMTPUTF8, required by the non-ASCII address"}
+	// RFC 1870: the message is larger than the receiver's SIZE.
+	replyTooBig = smtpcode.Reply{Code: 552, Enhanced: smtpcode.EnhancedCode{Class: 5, Subject: 3, Detail: 4}, Text: "Message size exceeds the receiver's fixed maximum message size"}
+	// RFC 3207 / X.7.10 "Encryption needed": TLS required by our policy but
+	// not available; transient, the receiver may offer it later.
+	replyTLSUnavailable = smtpcode.Reply{Code: 454, Enhanced: smtpcode.EnhancedCode{Class: 4, Subject: 7, Detail: 10}, Text: "TLS is required by the sending policy but not available"}
+	// AUTH over clear text refused locally.
+	replyInsecureAuth = smtpcode.Reply{Code: 454, Enhanced: smtpcode.EnhancedCode{Class: 4, Subject: 7, Detail: 10}, Text: "Refusing to authenticate without TLS"}
+)
+
+// errTLSUnavailable is the error behind replyTLSUnavailable.
+var errTLSUnavailable = errors.New("deliver: TLS required but not available")
+
+// trackConn is the net.Conn go-smtp's client talks through. It replays
+// bytes already read (the greeting we read ourselves) and remembers the
+// last bytes written, so that a connection lost after the final dot is
+// known to be "possibly delivered".
+type trackConn struct {
+	net.Conn
+	prefix []byte
+	tail   [5]byte
+	ntail  int
+}
+
+func (t *trackConn) Read(b []byte) (int, error) {
+	if len(t.prefix) > 0 {
+		n := copy(b, t.prefix)
+		t.prefix = t.prefix[n:]
+		return n, nil
+	}
+	return t.Conn.Read(b)
+}
+
+func (t *trackConn) Write(b []byte) (int, error) {
+	n, err := t.Conn.Write(b)
+	for _, c := range b[:n] {
+		copy(t.tail[:], t.tail[1:])
+		t.tail[4] = c
+	}
+	t.ntail = min(t.ntail+n, 5)
+	return n, err
+}
+
+// wroteFinalDot reports whether the last bytes written end the data.
+func (t *trackConn) wroteFinalDot() bool {
+	return t.ntail == 5 && string(t.tail[:]) == "\r\n.\r\n"
+}
+
+// session is one SMTP connection. Only one goroutine uses it at a time
+// (the pool hands it out exclusively).
+type session struct {
+	s        *Sender
+	raw      net.Conn
+	track    *trackConn
+	c        *smtp.Client
+	host     routeHost
+	site     string
+	sourceIP netip.Addr
+	permit   permit
+	tls      bool
+
+	created  time.Time
+	lastUsed time.Time
+	messages int
+	broken   bool // unusable: closed, 421, protocol state unknown
+
+	idleTimer *time.Timer
+	closeOnce sync.Once
+}
+
+// permit is what a session holds on the governor for its whole life.
+type permit interface {
+	Release()
+	Acquired() time.Time
+}
+
+// dialSession connects to h and runs greeting, EHLO, STARTTLS and AUTH.
+// On failure it returns the outcome and closes everything it opened; it
+// does not release p.
+func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src netip.Addr, p permit) (*session, *outcome) {
+	to := s.timeouts
+	start := time.Now()
+	info := ConnectInfo{Site: rt.site, Host: h.name, SourceIP: src}
+	report := func(ss *session, o *outcome) (*session, *outcome) {
+		info.Duration = time.Since(start)
+		if o != nil {
+			info.Reply, info.Class, info.Err = o.reply, o.class, o.err
+			if info.Err == nil {
+				info.Err = fmt.Errorf("deliver: %s", o.reply.String())
+			}
+		} else {
+			info.TLS = ss.tls
+		}
+		if s.cfg.Hooks.Connect != nil {
+			s.cfg.Hooks.Connect(info)
+		}
+		s.log(ctx, "connect", "site", rt.site, "host", h.name, "source", src, "tls", info.TLS, "reply", info.Reply.String(), "err", info.Err)
+		return ss, o
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, to.Connect)
+	raw, err := s.dial(dctx, "tcp", h.addr, src)
+	cancel()
+	if err != nil {
+		return report(nil, s.errOutcome(ctx, err))
+	}
+	fail := func(o *outcome) (*session, *outcome) {
+		raw.Close()
+		return report(nil, o)
+	}
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+
+	var conn net.Conn = raw
+	isTLS := false
+	tlsConfig := s.tlsConfigFor(h.name)
+	if s.cfg.Smarthost != nil && s.cfg.Smarthost.ImplicitTLS {
+		tc := tls.Client(raw, tlsConfig)
+		raw.SetDeadline(time.Now().Add(to.Hello))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fail(s.errOutcome(ctx, err))
+		}
+		conn, isTLS = tc, true
+	}
+
+	conn.SetDeadline(time.Now().Add(to.Greeting))
+	br := bufio.NewReader(conn)
+	tr := textproto.NewReader(br)
+	if _, _, err := tr.ReadResponse(220); err != nil {
+		return fail(s.errOutcome(ctx, err))
+	}
+
+	policy := s.cfg.TLS
+	if s.cfg.Smarthost != nil && s.cfg.Smarthost.Auth != nil && !s.cfg.Smarthost.AllowInsecureAuth && policy == TLSOpportunistic {
+		policy = TLSRequired // credentials never go in clear
+	}
+	if !isTLS && policy != TLSNone {
+		conn.SetDeadline(time.Now().Add(to.Hello))
+		offered := false
+		if _, err := fmt.Fprintf(conn, "EHLO %s\r\n", s.helloName); err != nil {
+			return fail(s.errOutcome(ctx, err))
+		}
+		_, msg, err := tr.ReadResponse(250)
+		var te *textproto.Error
+		switch {
+		case err == nil:
+			for _, line := range strings.Split(msg, "\n")[1:] {
+				if kw, _, _ := strings.Cut(line, " "); strings.EqualFold(kw, "STARTTLS") {
+					offered = true
+				}
+			}
+		case errors.As(err, &te) && (te.Code == 500 || te.Code == 502):
+			// No ESMTP, so no STARTTLS; go-smtp falls back to HELO below.
+		default:
+			return fail(s.errOutcome(ctx, err))
+		}
+		if offered {
+			if _, err := fmt.Fprintf(conn, "STARTTLS\r\n"); err != nil {
+				return fail(s.errOutcome(ctx, err))
+			}
+			_, _, err := tr.ReadResponse(220)
+			switch {
+			case err == nil:
+				if br.Buffered() > 0 {
+					// Bytes sent before the handshake would be read as if
+					// they came over TLS (CVE-2011-0411 and kin).
+					return fail(s.localPtr(replyTLSUnavailable, errors.New("deliver: receiver sent data after its STARTTLS reply (possible injection)")))
+				}
+				tc := tls.Client(conn, tlsConfig)
+				if err := tc.HandshakeContext(ctx); err != nil {
+					return fail(s.errOutcome(ctx, fmt.Errorf("deliver: TLS handshake with %s: %w", h.name, err)))
+				}
+				conn, isTLS = tc, true
+				br = nil
+			case errors.As(err, &te) && policy != TLSRequired:
+				// STARTTLS refused (454): carry on in clear.
+			default:
+				if errors.As(err, &te) {
+					return fail(s.localPtr(replyTLSUnavailable, fmt.Errorf("%w: STARTTLS refused: %w", errTLSUnavailable, err)))
+				}
+				return fail(s.errOutcome(ctx, err))
+			}
+		}
+		if !isTLS && policy == TLSRequired {
+			fmt.Fprintf(conn, "QUIT\r\n") // polite; its reply is not awaited
+			return fail(s.localPtr(replyTLSUnavailable, fmt.Errorf("%w: %s does not offer STARTTLS", errTLSUnavailable, h.name)))
+		}
+	}
+
+	// Hand the connection to go-smtp. Its client insists on reading a
+	// greeting first: replay one, plus anything the server pipelined.
+	prefix := []byte("220 greeting already read\r\n")
+	if br != nil && br.Buffered() > 0 {
+		extra, _ := br.Peek(br.Buffered())
+		prefix = append(prefix, extra...)
+	}
+	track := &trackConn{Conn: conn, prefix: prefix}
+	c := smtp.NewClient(track)
+	c.CommandTimeout = to.Hello
+	c.SubmissionTimeout = to.DataEnd
+	if err := c.Hello(s.helloName); err != nil {
+		return fail(s.errOutcome(ctx, err))
+	}
+	if sh := s.cfg.Smarthost; sh != nil && sh.Auth != nil {
+		if !isTLS && !sh.AllowInsecureAuth {
+			return fail(s.localPtr(replyInsecureAuth, errors.New("deliver: refusing AUTH without TLS")))
+		}
+		if err := c.Auth(sh.Auth()); err != nil {
+			return fail(s.errOutcome(ctx, err))
+		}
+	}
+	if !stop() {
+		return fail(s.errOutcome(ctx, ctx.Err()))
+	}
+	now := time.Now()
+	ss := &session{
+		s: s, raw: raw, track: track, c: c, host: h, site: rt.site, sourceIP: src,
+		permit: p, tls: isTLS, created: now, lastUsed: now,
+	}
+	return report(ss, nil)
+}
+
+func (s *Sender) tlsConfigFor(host string) *tls.Config {
+	var cfg *tls.Config
+	switch {
+	case s.cfg.TLSConfig != nil:
+		cfg = s.cfg.TLSConfig.Clone()
+	case s.cfg.TLS == TLSRequired || s.cfg.Smarthost != nil:
+		cfg = &tls.Config{}
+	default:
+		// Opportunistic TLS without authentication (RFC 7435, Postfix "may").
+		cfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // documented opportunistic mode
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	return cfg
+}
+
+// rcptOutcome is what became of one recipient in a transaction.
+type rcptOutcome struct {
+	delivered         bool
+	notTried          bool // 452 too many recipients: try in the next transaction
+	possiblyDelivered bool // lost after the final dot
+	out               outcome
+}
+
+// transaction sends one message to rcpts over ss. It returns one outcome
+// per recipient, and leaves ss either clean (ready for MAIL) or broken.
+func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (res []rcptOutcome, last outcome) {
+	s := ss.s
+	to := s.timeouts
+	c := ss.c
+	res = make([]rcptOutcome, len(rcpts))
+	setAll := func(idx []int, o outcome) {
+		for _, i := range idx {
+			res[i].out = o
+		}
+	}
+	all := make([]int, len(rcpts))
+	for i := range all {
+		all[i] = i
+	}
+
+	stop := context.AfterFunc(ctx, func() { ss.raw.Close() })
+	defer func() {
+		if !stop() {
+			ss.broken = true
+		}
+		ss.lastUsed = time.Now()
+	}()
+
+	// failed turns an error of a command into an outcome and decides
+	// whether the connection is still usable.
+	failed := func(err error) outcome {
+		o := s.errOutcome(ctx, err)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) || se.Code == 421 || ctx.Err() != nil {
+			ss.broken = true
+		}
+		return *o
+	}
+
+	opts := &smtp.MailOptions{}
+	if p.smtputf8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			o := s.localOutcome(replyNoSMTPUTF8, errors.New("deliver: receiver lacks SMTPUTF8"))
+			setAll(all, o)
+			return res, o
+		}
+		opts.UTF8 = true
+	}
+	if ok, _ := c.Extension("SIZE"); ok {
+		if max, ok := c.MaxMessageSize(); ok && max > 0 && len(p.data) > max {
+			o := s.localOutcome(replyTooBig, fmt.Errorf("deliver: message is %d bytes, receiver's SIZE %d", len(p.data), max))
+			setAll(all, o)
+			return res, o
+		}
+		opts.Size = int64(len(p.data))
+	}
+
+	c.CommandTimeout = to.Mail
+	if err := c.Mail(p.from, opts); err != nil {
+		o := failed(err)
+		setAll(all, o)
+		return res, o
+	}
+
+	var accepted []int
+	c.CommandTimeout = to.Rcpt
+	for i, ri := range rcpts {
+		err := c.Rcpt(p.rcpts[ri].addr, nil)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 452 && len(accepted) > 0 &&
+			(se.EnhancedCode == smtp.EnhancedCode{4, 5, 3} || strings.Contains(strings.ToLower(se.Message), "too many recipients")) {
+			// RFC 5321 4.5.3.1.10: send what was accepted, the rest later.
+			for j := i; j < len(rcpts); j++ {
+				res[j].notTried = true
+			}
+			break
+		}
+		o := failed(err)
+		res[i].out = o
+		last = o
+		if ss.broken {
+			// The session is gone: this and every other recipient fail with it.
+			setAll(accepted, o)
+			setAll(all[i:], o)
+			return res, o
+		}
+	}
+	if len(accepted) == 0 {
+		ss.reset()
+		return res, last
+	}
+
+	c.CommandTimeout = to.DataInit
+	w, err := c.Data()
+	if err != nil {
+		o := failed(err)
+		setAll(accepted, o)
+		if !ss.broken {
+			ss.reset()
+		}
+		return res, o
+	}
+	data := p.data
+	const block = 64 << 10
+	for off := 0; off < len(data); off += block {
+		ss.track.SetWriteDeadline(time.Now().Add(to.DataBlock))
+		if _, err := w.Write(data[off:min(off+block, len(data))]); err != nil {
+			o := failed(err)
+			ss.broken = true
+			setAll(accepted, o)
+			return res, o
+		}
+	}
+	ss.track.SetWriteDeadline(time.Now().Add(to.DataBlock)) // the final dot
+	c.SubmissionTimeout = to.DataEnd
+	_, err = w.CloseWithResponse()
+	if err != nil {
+		o := failed(err)
+		var se *smtp.SMTPError
+		lost := !errors.As(err, &se) && ss.track.wroteFinalDot()
+		for _, i := range accepted {
+			res[i].out = o
+			res[i].possiblyDelivered = lost
+		}
+		return res, o
+	}
+	ss.messages++
+	for _, i := range accepted {
+		res[i].delivered = true
+	}
+	return res, outcome{reply: smtpcode.Reply{Code: 250}}
+}
+
+// reset sends RSET after a transaction that did not complete. go-smtp's
+// Reset also makes the next MAIL send EHLO again (one more round trip on
+// this rare path); a successful DATA ends the transaction by itself, so
+// reset is never called after one.
+func (ss *session) reset() {
+	ss.c.CommandTimeout = ss.s.timeouts.Hello
+	if err := ss.c.Reset(); err != nil {
+		ss.broken = true
+	}
+}
+
+// close ends the session (QUIT when it is healthy and quit is set) and
+// releases its governor slot. Safe to call more than once.
+func (ss *session) close(ctx context.Context, quit bool) {
+	ss.closeOnce.Do(func() {
+		if quit && !ss.broken {
+			stop := context.AfterFunc(ctx, func() { ss.raw.Close() })
+			ss.c.CommandTimeout = min(ss.s.timeouts.Hello, 10*time.Second)
+			ss.c.Quit()
+			stop()
+		}
+		ss.raw.Close()
+		ss.broken = true
+		if ss.permit != nil {
+			ss.permit.Release()
+		}
+	})
+}
+
+// usable reports whether ss can take another message.
+func (ss *session) usable(now time.Time) bool {
+	return !ss.broken && ss.messages < ss.s.maxPerConn && now.Sub(ss.created) < ss.s.maxConnAge
+}
+
+// errOutcome classifies an error of a step. A context error (the caller's
+// cancellation or deadline) wins over the network error it caused.
+func (s *Sender) errOutcome(ctx context.Context, err error) *outcome {
+	if ctx.Err() != nil && !isSMTPError(err) {
+		err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+	}
+	o := &outcome{err: err}
+	if r, ok := smtpcode.FromError(err); ok {
+		o.reply = r
+		o.class = s.classify(r)
+		return o
+	}
+	o.class = smtpcode.ClassifyError(err)
+	return o
+}
+
+func (s *Sender) localPtr(r smtpcode.Reply, err error) *outcome {
+	o := s.localOutcome(r, err)
+	return &o
+}
+
+func (s *Sender) localOutcome(r smtpcode.Reply, err error) outcome {
+	return outcome{reply: r, err: err, class: s.classify(r), local: true}
+}
+
+func (s *Sender) classify(r smtpcode.Reply) smtpcode.Classification {
+	if s.cfg.Classifier != nil {
+		return s.cfg.Classifier.Classify(r)
+	}
+	return smtpcode.Classify(r)
+}
+
+func isSMTPError(err error) bool {
+	var se *smtp.SMTPError
+	var te *textproto.Error
+	return errors.As(err, &se) || errors.As(err, &te)
+}
+
+// defaultDial dials from source with a net.Dialer.
+func defaultDial(timeout time.Duration) func(ctx context.Context, network, addr string, source netip.Addr) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string, source netip.Addr) (net.Conn, error) {
+		d := net.Dialer{Timeout: timeout}
+		if source.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: source.AsSlice(), Zone: source.Zone()}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+var _ = governor.Decision{}

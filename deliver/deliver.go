@@ -1,0 +1,672 @@
+package deliver
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sluicemail/sluice/backoff"
+	"github.com/sluicemail/sluice/governor"
+	"github.com/sluicemail/sluice/smtpcode"
+)
+
+// Status is what became of one recipient.
+type Status uint8
+
+const (
+	// Delivered: the receiver accepted the message for the recipient
+	// (250 after the final dot).
+	Delivered Status = iota + 1
+	// Deferred: not delivered yet; try again at Result.RetryAt.
+	Deferred
+	// Bounced: permanently refused (or expired): do not retry.
+	Bounced
+)
+
+func (s Status) String() string {
+	switch s {
+	case Delivered:
+		return "delivered"
+	case Deferred:
+		return "deferred"
+	case Bounced:
+		return "bounced"
+	}
+	return "Status(?)"
+}
+
+// Result is the outcome for one recipient.
+type Result struct {
+	Recipient string
+	Status    Status
+	// Reply is the reply that decided (the last one received for this
+	// recipient), zero when there was none (a network error, a wait that
+	// gave up). LocalReply is set when deliver made it up in the words other
+	// MTAs use: null MX (556 5.1.10), unknown domain (550 5.1.2), DNS
+	// failure (451 4.4.3), TLS unavailable (454 4.7.10), no SMTPUTF8
+	// (553 5.6.7), too big for the receiver's SIZE (552 5.3.4).
+	Reply      smtpcode.Reply
+	LocalReply bool
+	// Class is Reply's classification, or the error's when there is no reply.
+	Class smtpcode.Classification
+	// Err is the error behind a Deferred or Bounced status (an
+	// *smtp.SMTPError, a network error, a context error, a
+	// *governor.WaitError, a *backoff.GiveUpError for an expired message).
+	Err error
+	// RetryAt is when to try a Deferred recipient again (backoff policy,
+	// server hints, or when a governor limit lifts).
+	RetryAt time.Time
+	// PossiblyDelivered is set on a Deferred recipient whose connection was
+	// lost after the final dot, before the receiver's reply: the receiver
+	// may have taken it, and a retry may deliver it twice.
+	PossiblyDelivered bool
+	// Site and Host are the recipient's site key and the last host tried.
+	Site, Host string
+	// Attempts counts the SMTP connections or transactions tried for this
+	// recipient within this Send.
+	Attempts int
+}
+
+// Sender delivers messages. It is safe for concurrent use by many
+// goroutines; create one per process (it owns the connection pool and,
+// unless given one, the governor) and Close it when done.
+type Sender struct {
+	cfg         Config
+	timeouts    Timeouts
+	helloName   string
+	dial        func(ctx context.Context, network, addr string, source netip.Addr) (net.Conn, error)
+	router      *router
+	lim         limiter
+	pool        *pool
+	backoff     *backoff.Policy
+	maxPerConn  int
+	maxConnAge  time.Duration
+	idleTimeout time.Duration
+	maxWait     time.Duration
+	maxAttempts int
+	maxBytes    int64
+
+	base       context.Context // cancelled when Close gives up waiting
+	cancelBase context.CancelFunc
+
+	mu       sync.Mutex
+	closed   bool
+	inflight sync.WaitGroup
+	bg       sync.WaitGroup
+}
+
+// New returns a Sender for cfg. It fails only on an invalid Config.
+func New(cfg Config) (*Sender, error) {
+	s := &Sender{
+		cfg:         cfg,
+		timeouts:    cfg.Timeouts.withDefaults(),
+		helloName:   cfg.HelloName,
+		maxPerConn:  cmp.Or(cfg.MaxMessagesPerConn, DefaultMaxMessagesPerConn),
+		maxConnAge:  cmp.Or(cfg.MaxConnAge, DefaultMaxConnAge),
+		idleTimeout: cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout),
+		maxWait:     cmp.Or(cfg.MaxWait, DefaultMaxWait),
+		maxAttempts: cmp.Or(cfg.MaxAttempts, DefaultMaxAttempts),
+		maxBytes:    cmp.Or(cfg.MaxMessageBytes, DefaultMaxMessageBytes),
+		backoff:     cfg.Backoff,
+	}
+	if s.maxPerConn < 0 {
+		s.maxPerConn = 1
+	}
+	if s.maxAttempts < 0 {
+		return nil, fmt.Errorf("deliver: MaxAttempts %d is negative", cfg.MaxAttempts)
+	}
+	if cfg.TLS > TLSNone {
+		return nil, fmt.Errorf("deliver: unknown TLS policy %d", cfg.TLS)
+	}
+	if sh := cfg.Smarthost; sh != nil && sh.Addr == "" {
+		return nil, errors.New("deliver: Smarthost.Addr is empty")
+	}
+	if s.helloName == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		s.helloName = h
+	}
+	if err := validateDomain(s.helloName); err != nil {
+		return nil, fmt.Errorf("deliver: HelloName %q: %v", s.helloName, err)
+	}
+	s.dial = cfg.Dial
+	if s.dial == nil {
+		s.dial = defaultDial(s.timeouts.Connect)
+	}
+	lim, err := newLimiter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.lim = lim
+	s.router = newRouter(&cfg)
+	s.pool = newPool(s)
+	s.base, s.cancelBase = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Close stops the Sender: Send returns ErrClosed from now on, in-flight
+// Sends finish (when ctx ends first, they are cancelled: their
+// recipients come back Deferred), pooled connections get QUIT and are
+// closed, and every governor slot is released. It returns ctx's error if
+// it had to cancel. Calling Close again is a no-op.
+func (s *Sender) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+
+	var err error
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.cancelBase()
+		<-done
+	}
+	stop := context.AfterFunc(ctx, s.cancelBase)
+	s.pool.drain()
+	s.bg.Wait()
+	stop()
+	s.cancelBase()
+	return err
+}
+
+func (s *Sender) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.inflight.Add(1)
+	return true
+}
+
+// Send delivers msg and returns one Result per msg.To entry, in order.
+// It returns an error, and no results, only when nothing was attempted:
+// msg is invalid (the error wraps ErrInvalidAddress, ErrNoRecipients,
+// ErrInvalidMessage or ErrMessageTooLarge) or the Sender is closed
+// (ErrClosed). Otherwise every recipient is Delivered, Deferred or Bounced;
+// a cancelled ctx makes the unfinished ones Deferred.
+func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
+	if !s.enter() {
+		return nil, ErrClosed
+	}
+	defer s.inflight.Done()
+	p, err := msg.prepare(s.maxBytes)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.base, cancel)
+	defer stop()
+
+	st := &sendState{
+		s:     s,
+		p:     p,
+		src:   cmp.Or(p.sourceIP, s.cfg.SourceIP),
+		first: p.firstTime,
+		res:   make([]Result, len(p.rcpts)),
+	}
+	if st.first.IsZero() {
+		st.first = time.Now()
+	}
+	for i, r := range p.rcpts {
+		st.res[i].Recipient = r.addr
+	}
+
+	// The caller's keys (mailbox, tenant) count once per message.
+	if len(p.keys) > 0 {
+		wctx, cancel := s.waitContext(ctx)
+		o, retryAt := s.take(wctx, "", p.keys)
+		cancel()
+		if o != nil {
+			for i := range st.res {
+				st.finish(i, o, retryAt)
+			}
+			return st.results(msg), nil
+		}
+	}
+
+	// Group by domain, keeping first-seen order.
+	var order []string
+	groups := map[string][]int{}
+	for i, r := range p.rcpts {
+		if _, ok := groups[r.domain]; !ok {
+			order = append(order, r.domain)
+		}
+		groups[r.domain] = append(groups[r.domain], i)
+	}
+	if len(order) == 1 {
+		st.deliverDomain(ctx, order[0], groups[order[0]])
+	} else {
+		var wg sync.WaitGroup
+		for _, d := range order {
+			wg.Go(func() { st.deliverDomain(ctx, d, groups[d]) })
+		}
+		wg.Wait()
+	}
+	return st.results(msg), nil
+}
+
+// sendState is one Send in progress. Each domain's goroutine writes only
+// its own recipients' entries of res.
+type sendState struct {
+	s     *Sender
+	p     *prepared
+	src   netip.Addr
+	first time.Time
+	res   []Result
+}
+
+func (st *sendState) results(msg *Message) []Result {
+	out := make([]Result, len(msg.To))
+	for i, j := range st.p.index {
+		out[i] = st.res[j]
+		out[i].Recipient = msg.To[i]
+	}
+	for _, r := range out {
+		if st.s.cfg.Hooks.Result != nil {
+			st.s.cfg.Hooks.Result(r)
+		}
+		if st.s.cfg.Logger != nil {
+			st.s.cfg.Logger.LogAttrs(context.Background(), slog.LevelInfo, "deliver: result",
+				slog.String("rcpt", r.Recipient), slog.String("status", r.Status.String()),
+				slog.String("site", r.Site), slog.String("host", r.Host),
+				slog.String("reply", r.Reply.String()), slog.String("category", r.Class.Category.String()),
+				slog.Time("retry_at", r.RetryAt), slog.Bool("possibly_delivered", r.PossiblyDelivered),
+				slog.Any("err", r.Err))
+		}
+	}
+	return out
+}
+
+// finish sets the final result of recipient i from o. retryAt, when not
+// zero, is a governor's "not before" for a message that was not attempted.
+func (st *sendState) finish(i int, o *outcome, retryAt time.Time) {
+	r := &st.res[i]
+	r.Reply, r.LocalReply, r.Class, r.Err = o.reply, o.local, o.class, o.err
+	now := time.Now()
+	if !o.class.Transient && !isContextErr(o.err) && !isWaitErr(o.err) {
+		r.Status = Bounced
+		return
+	}
+	r.Status = Deferred
+	var d backoff.Decision
+	var err error
+	if r.Attempts == 0 {
+		// Never attempted (a governor limit, a cancelled ctx): not an attempt.
+		wait := time.Duration(0)
+		if !retryAt.IsZero() {
+			wait = retryAt.Sub(now)
+		}
+		d, err = st.s.backoff.Postpone(wait, st.first, now)
+	} else {
+		d, err = st.s.backoff.NextAttempt(o.class, st.p.attempt+1, st.first, now, nil)
+	}
+	var give *backoff.GiveUpError
+	switch {
+	case errors.As(err, &give) && errors.Is(err, backoff.ErrMaxAge):
+		r.Status = Bounced
+		give.Err = o.err
+		r.Err = give
+	case err != nil:
+		r.RetryAt = now
+	default:
+		r.RetryAt = d.At
+	}
+}
+
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+func isWaitErr(err error) bool {
+	var we *governor.WaitError
+	return errors.As(err, &we)
+}
+
+// Governor keys. "ip:any" stands for "whatever address the system picks".
+func ipKey(src netip.Addr) string {
+	if !src.IsValid() {
+		return "ip:any"
+	}
+	return "ip:" + src.String()
+}
+
+func connKeys(src netip.Addr, site string) []string {
+	ip := ipKey(src)
+	return []string{ip, "site:" + site, ip + "|site:" + site}
+}
+
+// deliverDomain delivers to the recipients idx of one domain.
+func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int) {
+	s := st.s
+	rt := s.router.lookup(ctx, domain)
+	for _, i := range idx {
+		st.res[i].Site = rt.site
+	}
+	if rt.fail != nil {
+		var o *outcome
+		if ctx.Err() != nil {
+			o = s.errOutcome(ctx, ctx.Err())
+		} else {
+			lo := s.localOutcome(rt.fail.reply, rt.fail.err)
+			o = &lo
+		}
+		for _, i := range idx {
+			st.finish(i, o, time.Time{})
+		}
+		return
+	}
+
+	waitCtx, cancel := s.waitContext(ctx)
+	defer cancel()
+	keys := connKeys(st.src, rt.site)
+	pairKey := keys[2]
+	pending := idx
+	last := make(map[int]*outcome, len(idx))
+	hostStart := 0
+	var notBefore time.Time
+	attempts := 0
+
+	// finishPending ends every pending recipient: with o, or with its own
+	// last outcome when o is nil.
+	finishPending := func(o *outcome, retryAt time.Time) {
+		for _, i := range pending {
+			oi := o
+			if oi == nil {
+				oi = last[i]
+			}
+			st.finish(i, oi, retryAt)
+		}
+		pending = nil
+	}
+
+	for len(pending) > 0 {
+		if attempts >= s.maxAttempts {
+			finishPending(nil, time.Time{})
+			return
+		}
+		if ctx.Err() != nil {
+			finishPending(s.errOutcome(ctx, ctx.Err()), time.Time{})
+			return
+		}
+		// Each transaction takes a message token on the site's keys.
+		if o, retryAt := s.take(waitCtx, rt.site, keys); o != nil {
+			if attempts > 0 {
+				o = nil
+			}
+			finishPending(o, retryAt)
+			return
+		}
+		ss, o, retryAt := s.getSession(ctx, waitCtx, rt, st.src, hostStart, notBefore)
+		if ss == nil {
+			if isWaitErr(o.err) || (isContextErr(o.err) && !o.hasReply()) {
+				// Not an attempt: a limit or the caller's ctx stopped it.
+				// After earlier attempts their replies say more than the wait.
+				if attempts > 0 && ctx.Err() == nil {
+					o = nil
+				}
+				finishPending(o, retryAt)
+				return
+			}
+			attempts++
+			for _, i := range pending {
+				last[i] = o
+				st.res[i].Attempts++
+			}
+			if !st.retryable(o) {
+				finishPending(o, time.Time{})
+				return
+			}
+			notBefore = st.retryTime(o, attempts)
+			if o.class.Category != smtpcode.Congestion && o.class.Category != smtpcode.RateLimit {
+				hostStart++
+			}
+			continue
+		}
+
+		start := time.Now()
+		batch := pending
+		rcpts := make([]int, len(batch))
+		for j, i := range batch {
+			rcpts[j] = i
+			st.res[i].Host = ss.host.name
+		}
+		res, lastOut := ss.transaction(ctx, st.p, rcpts)
+		accepted := 0
+		pending = nil
+		retryConn := false
+		for j, r := range res {
+			i := batch[j]
+			if r.notTried {
+				pending = append(pending, i)
+				continue
+			}
+			st.res[i].Attempts++
+			if r.delivered {
+				accepted++
+				st.res[i].Status = Delivered
+				st.res[i].Reply = lastOut.reply
+				st.res[i].Class = smtpcode.Classification{}
+				continue
+			}
+			o := r.out
+			last[i] = &o
+			if r.possiblyDelivered {
+				st.finish(i, &o, time.Time{})
+				st.res[i].PossiblyDelivered = true
+				if st.res[i].Status == Bounced {
+					st.res[i].Status = Deferred
+					st.res[i].RetryAt = time.Now()
+				}
+				continue
+			}
+			if st.retryable(&o) && connectionLevel(&o) && ctx.Err() == nil {
+				pending = append(pending, i)
+				retryConn = true
+				continue
+			}
+			st.finish(i, &o, time.Time{})
+		}
+		s.feedbackTransaction(ss, pairKey, lastOut, accepted)
+		if s.cfg.Hooks.Attempt != nil {
+			s.cfg.Hooks.Attempt(AttemptInfo{Site: rt.site, Host: ss.host.name, SourceIP: st.src,
+				Recipients: len(batch), Accepted: accepted, Reply: lastOut.reply, Class: lastOut.class,
+				Err: lastOut.err, Duration: time.Since(start)})
+		}
+		s.log(ctx, "attempt", "site", rt.site, "host", ss.host.name, "rcpts", len(batch), "accepted", accepted, "reply", lastOut.reply.String(), "err", lastOut.err)
+		s.release(ss)
+		if retryConn {
+			attempts++
+			notBefore = st.retryTime(&lastOut, attempts)
+		}
+	}
+}
+
+// waitContext bounds governor waits by MaxWait.
+func (s *Sender) waitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.maxWait > 0 {
+		return context.WithTimeout(ctx, s.maxWait)
+	}
+	return context.WithCancel(ctx)
+}
+
+// retryable: a transient outcome worth another connection within Send.
+func (st *sendState) retryable(o *outcome) bool {
+	return o.class.Transient && !isContextErr(o.err)
+}
+
+// connectionLevel: the outcome concerns the connection, not this recipient.
+func connectionLevel(o *outcome) bool {
+	return o.class.Scope == smtpcode.ScopeConnection || o.class.Category == smtpcode.Network ||
+		o.class.Category == smtpcode.Congestion
+}
+
+// retryTime is when a new connection may be opened after o: at once for a
+// network failure (another host is tried), after the backoff delay for a
+// congestion or rate reply (an existing connection may be reused sooner).
+func (st *sendState) retryTime(o *outcome, attempts int) time.Time {
+	switch o.class.Category {
+	case smtpcode.Congestion, smtpcode.RateLimit:
+		now := time.Now()
+		d, err := st.s.backoff.NextAttempt(o.class, attempts, now, now, nil)
+		if err != nil {
+			return now
+		}
+		return d.At
+	}
+	return time.Time{}
+}
+
+// release returns ss to the pool or closes it.
+func (s *Sender) release(ss *session) {
+	s.pool.put(ss)
+}
+
+// getSession returns a session for rt: an idle pooled one, or a new one
+// under a governor slot, trying the route's hosts in order from hostStart.
+// New connections are not opened before notBefore (an idle one is taken
+// at once). On failure it returns the outcome and, for a wait that gave
+// up, when to retry.
+func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.Addr, hostStart int, notBefore time.Time) (*session, *outcome, time.Time) {
+	k := poolKey{src, rt.site}
+	keys := connKeys(src, rt.site)
+	for {
+		if ss := s.pool.take(k, rt); ss != nil {
+			return ss, nil, time.Time{}
+		}
+		sig := s.pool.signal(k)
+		if now := time.Now(); now.Before(notBefore) {
+			t := time.NewTimer(notBefore.Sub(now))
+			select {
+			case <-sig:
+			case <-t.C:
+			case <-waitCtx.Done():
+				t.Stop()
+				return nil, s.errOutcome(ctx, waitCtx.Err()), notBefore
+			}
+			t.Stop()
+			continue
+		}
+		s.pool.evictOthers(k, rt)
+		p, dec, err := s.lim.acquire(waitCtx, keys, sig)
+		if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) {
+			s.cfg.Hooks.Wait(WaitInfo{Site: rt.site, Keys: keys, Decision: dec, Err: err})
+		}
+		if err != nil {
+			if errors.Is(err, errWoken) {
+				continue
+			}
+			o := &outcome{err: err, class: smtpcode.ClassifyError(err)}
+			if ctx.Err() != nil {
+				o = s.errOutcome(ctx, ctx.Err())
+			}
+			return nil, o, dec.RetryAt
+		}
+		if dec.Waited > 0 {
+			s.log(ctx, "waited", "site", rt.site, "decision", dec.String())
+		}
+		var last *outcome
+		for i := range rt.hosts {
+			h := rt.hosts[(hostStart+i)%len(rt.hosts)]
+			ss, o := s.dialSession(ctx, rt, h, src, p)
+			if ss != nil {
+				s.lim.feedback(keys[2], governor.Signal{Kind: governor.Success, Started: p.Acquired()})
+				return ss, nil, time.Time{}
+			}
+			last = o
+			s.feedbackConnect(keys[2], p, o)
+			if ctx.Err() != nil || siteThrottled(o) || (o.hasReply() && !o.class.Transient) {
+				break
+			}
+		}
+		p.Release()
+		return nil, last, time.Time{}
+	}
+}
+
+// siteThrottled reports whether o is a throttle of the sending IP by the
+// whole site (Gmail's 421 4.4.5, a rate limit, Yahoo's [TSS04]): the next
+// MX of the site would say the same, and each refusal costs reputation, so
+// it is not tried. Other greeting failures (a plain 421, 4.3.2, network
+// errors) move on to the next MX, as RFC 5321 5.1 and Postfix do.
+func siteThrottled(o *outcome) bool {
+	switch o.class.Category {
+	case smtpcode.RateLimit, smtpcode.Reputation:
+		return o.class.Transient
+	case smtpcode.Congestion:
+		return o.reply.Enhanced == smtpcode.EnhancedCode{Class: 4, Subject: 4, Detail: 5}
+	}
+	return false
+}
+
+// feedbackConnect tells the governor how a connection attempt failed.
+func (s *Sender) feedbackConnect(key string, p permit, o *outcome) {
+	sig := governor.Signal{Started: p.Acquired(), Reason: o.reply.String()}
+	switch o.class.Category {
+	case smtpcode.Congestion:
+		sig.Kind = governor.Congestion
+	case smtpcode.RateLimit:
+		sig.Kind = governor.RateLimited
+	default:
+		if isContextErr(o.err) || o.local {
+			return
+		}
+		sig.Kind = governor.Failure
+		if sig.Reason == "" && o.err != nil {
+			sig.Reason = o.err.Error()
+		}
+	}
+	s.lim.feedback(key, sig)
+}
+
+// feedbackTransaction tells the governor how a transaction went.
+func (s *Sender) feedbackTransaction(ss *session, key string, last outcome, accepted int) {
+	started := ss.permit.Acquired()
+	switch {
+	case accepted > 0:
+		s.lim.feedback(key, governor.Signal{Kind: governor.Success, Started: started})
+	case last.class.Category == smtpcode.Congestion:
+		s.lim.feedback(key, governor.Signal{Kind: governor.Congestion, Started: started, Reason: last.reply.String()})
+	case last.class.Category == smtpcode.RateLimit && (last.class.Scope == smtpcode.ScopeConnection || last.class.Scope == smtpcode.ScopeSession):
+		s.lim.feedback(key, governor.Signal{Kind: governor.RateLimited, Started: started, Reason: last.reply.String()})
+	case last.class.Category == smtpcode.Network && !isContextErr(last.err):
+		s.lim.feedback(key, governor.Signal{Kind: governor.Failure, Started: started, Reason: fmt.Sprint(last.err)})
+	}
+}
+
+// take takes one message token on keys, waiting at most as long as ctx
+// allows. It returns nil, or the outcome and retry-at of a wait that gave up.
+func (s *Sender) take(ctx context.Context, site string, keys []string) (*outcome, time.Time) {
+	dec, err := s.lim.take(ctx, keys)
+	if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) {
+		s.cfg.Hooks.Wait(WaitInfo{Site: site, Keys: keys, Decision: dec, Err: err})
+	}
+	if err == nil {
+		return nil, time.Time{}
+	}
+	return &outcome{err: err, class: smtpcode.ClassifyError(err)}, dec.RetryAt
+}
+
+func (s *Sender) log(ctx context.Context, msg string, args ...any) {
+	if s.cfg.Logger == nil {
+		return
+	}
+	s.cfg.Logger.Log(ctx, slog.LevelDebug, "deliver: "+msg, args...)
+}

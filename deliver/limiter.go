@@ -1,0 +1,84 @@
+package deliver
+
+import (
+	"context"
+	"errors"
+
+	"github.com/sluicemail/sluice/governor"
+)
+
+// errWoken: a blocked acquire gave way because a pooled connection came back.
+var errWoken = errors.New("deliver: woken by a returned connection")
+
+// limiter is the governor as deliver uses it.
+type limiter struct {
+	g *governor.Governor
+}
+
+func newLimiter(cfg Config) (limiter, error) {
+	if cfg.Governor != nil {
+		return limiter{g: cfg.Governor}, nil
+	}
+	p := cfg.Policy
+	if p == nil {
+		p = DefaultPolicy()
+	}
+	g, err := governor.New(governor.Config{Policy: p})
+	if err != nil {
+		return limiter{}, err
+	}
+	return limiter{g: g}, nil
+}
+
+// acquire takes a connection slot on keys, giving up with errWoken when
+// wake is closed first (an idle connection to reuse appeared).
+func (l limiter) acquire(ctx context.Context, keys []string, wake <-chan struct{}) (permit, governor.Decision, error) {
+	p, d, err := l.g.TryAcquire(keys...)
+	if err != nil {
+		return nil, d, err
+	}
+	if d.OK {
+		return p, d, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-wake:
+			cancel(errWoken)
+		case <-ctx.Done():
+		}
+	}()
+	p, err = l.g.Acquire(ctx, keys...)
+	if err != nil {
+		var we *governor.WaitError
+		if errors.As(err, &we) {
+			d = we.Decision
+		}
+		if errors.Is(context.Cause(ctx), errWoken) {
+			return nil, d, errWoken
+		}
+		return nil, d, err
+	}
+	return p, p.Decision(), nil
+}
+
+// take takes one message token on keys.
+func (l limiter) take(ctx context.Context, keys []string) (governor.Decision, error) {
+	d, err := l.g.TryTake(keys...)
+	if err != nil || d.OK {
+		return d, err
+	}
+	d, err = l.g.Take(ctx, keys...)
+	if err != nil {
+		var we *governor.WaitError
+		if errors.As(err, &we) {
+			d = we.Decision
+		}
+	}
+	return d, err
+}
+
+func (l limiter) feedback(key string, s governor.Signal) {
+	_ = l.g.Feedback(key, s)
+}
