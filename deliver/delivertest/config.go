@@ -3,7 +3,9 @@ package delivertest
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -318,8 +320,9 @@ type Config struct {
 	Greylist Greylist
 
 	// Recipients scripts the reply to RCPT TO for the addresses it lists
-	// (exact match): unknown user, mailbox full, 450 4.2.1... For a reply
-	// that changes over time, use a Fault with a Recipient filter.
+	// (exact match): unknown user, mailbox full, 450 4.2.1... A 2xx reply
+	// accepts (go-smtp answers its own 250). For a reply that changes over
+	// time, use a Fault with a Recipient filter.
 	Recipients map[string]Reply
 
 	Latency Latency
@@ -388,7 +391,7 @@ func (c *Config) validate(tcp bool) error {
 			return fmt.Errorf("%w: %s: a Recipient filter needs StepRcpt", ErrInvalidConfig, field)
 		}
 		if f.Action == ActionReply {
-			if err := f.Reply.validate(field+".Reply", false); err != nil {
+			if err := f.Reply.validate(field+".Reply", true); err != nil {
 				return err
 			}
 		}
@@ -415,6 +418,16 @@ func (c *Config) validate(tcp bool) error {
 		}
 	}
 	return nil
+}
+
+// clone copies what a caller could still change after NewServer.
+func (c Config) clone() Config {
+	c.Clients = maps.Clone(c.Clients)
+	c.Recipients = maps.Clone(c.Recipients)
+	c.Users = maps.Clone(c.Users)
+	c.Faults = slices.Clone(c.Faults)
+	c.TLSHostnames = slices.Clone(c.TLSHostnames)
+	return c
 }
 
 func (c *Config) limitsFor(client string) Limits {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/emersion/go-smtp"
@@ -219,4 +220,15 @@ func (d Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn
 		return nil, fmt.Errorf("delivertest: dial %q: no pipe server has this address and it is not loopback", addr)
 	}
 	return dialTCP(ctx, addr, id)
+}
+
+// DialSource fits dial hooks that pass the source address apart, as
+// deliver.Config.Dial does: a valid source is the identity (it wins over
+// the context's and d.Identity), so a sender's choice of source IP reaches
+// the receiver as on the Internet.
+func (d Dialer) DialSource(ctx context.Context, network, addr string, source netip.Addr) (net.Conn, error) {
+	if source.IsValid() {
+		ctx = WithIdentity(ctx, source.String())
+	}
+	return d.DialContext(ctx, network, addr)
 }

@@ -107,6 +107,7 @@ func NewPipeServer(cfg Config) (*Server, error) {
 }
 
 func newServer(cfg Config, addr string) (*Server, error) {
+	cfg = cfg.clone()
 	s := &Server{
 		cfg:       cfg,
 		domain:    cfg.Domain,

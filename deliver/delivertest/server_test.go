@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -655,6 +656,15 @@ func TestDialer(t *testing.T) {
 		waitIdle(t, a)
 		assert.Equal(t, []string{DefaultIdentity, "192.0.2.5", "192.0.2.8", "192.0.2.9"}, a.ClientNames())
 
+		conn, err = d.DialSource(WithIdentity(ctx, "192.0.2.1"), "tcp", a.Addr(), netip.MustParseAddr("192.0.2.77"))
+		require.NoError(t, err)
+		assert.Equal(t, PipeAddr("192.0.2.77"), conn.LocalAddr(), "the source wins")
+		conn.Close()
+		conn, err = d.DialSource(ctx, "tcp", a.Addr(), netip.Addr{})
+		require.NoError(t, err)
+		assert.Equal(t, PipeAddr("192.0.2.5"), conn.LocalAddr(), "no source: the Dialer's identity")
+		conn.Close()
+
 		_, err = d.DialContext(ctx, "tcp", "mx.unknown.test:25")
 		assert.Error(t, err)
 		_, err = d.DialContext(ctx, "tcp", "no-port")
@@ -866,4 +876,47 @@ func TestIdentityOf(t *testing.T) {
 	_, ok := IdentityFrom(context.Background())
 	assert.False(t, ok)
 	assert.True(t, errors.Is(ErrServerClosed, ErrServerClosed))
+}
+
+func TestPresetsYahooAndOutlook(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		y, err := NewPipeServer(Yahoo())
+		require.NoError(t, err)
+		defer y.Close()
+		c := dial(t, y, "192.0.2.1")
+		for i := range 50 {
+			require.NoError(t, sendMail(c, "a@example.org", []string{"b@yahoo.test"}, body), "message %d", i)
+			time.Sleep(200 * time.Millisecond) // one token back each time
+		}
+		err = sendMail(c, "a@example.org", []string{"b@yahoo.test"}, body)
+		var se *smtp.SMTPError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, 421, se.Code)
+		assert.Equal(t, YahooMaxMessagesReply.Text, se.Message)
+		c.Close()
+		waitIdle(t, y)
+		r, ok := y.FirstReply(CauseMaxMessages)
+		require.True(t, ok)
+		assert.Equal(t, YahooMaxMessagesReply, r.Reply(), "no enhanced code, as Yahoo sends it")
+
+		o, err := NewPipeServer(Outlook())
+		require.NoError(t, err)
+		defer o.Close()
+		var cs []*smtp.Client
+		for range 10 {
+			c := dial(t, o, "192.0.2.1")
+			require.NoError(t, c.Hello("x"))
+			cs = append(cs, c)
+		}
+		c = dial(t, o, "192.0.2.1")
+		require.ErrorAs(t, c.Hello("x"), &se)
+		assert.Equal(t, 421, se.Code)
+		assert.Equal(t, smtp.EnhancedCode{4, 3, 2}, se.EnhancedCode)
+		c.Close()
+		for _, c := range cs {
+			require.NoError(t, c.Quit())
+		}
+		waitIdle(t, o)
+		assert.Equal(t, 1, o.Throttled(""))
+	})
 }
