@@ -228,7 +228,13 @@ func midCode(s string, i, lastCode int) (code, n int, ok bool) {
 		}
 		return code, 4, true
 	case ' ':
-		if _, n := leadingEnhanced(trimSpace(after)); n > 0 {
+		// A few spaces may precede the enhanced code; bounded so that a
+		// long run of spaces costs linear time.
+		k := 0
+		for k < len(after) && k < 8 && after[k] == ' ' {
+			k++
+		}
+		if _, n := leadingEnhanced(after[k:]); n > 0 {
 			return code, 4, true
 		}
 		if i >= 2 {
