@@ -56,7 +56,8 @@ type Policy struct {
 	maxAge    time.Duration
 	maxHint   time.Duration
 	schedules [256]Schedule // by Category, resolved
-	rnd       Rand          // locked; nil means the global source
+	intervals [256]intervalTable
+	rnd       Rand // locked; nil means the global source
 }
 
 // NewPolicy returns a Policy with the given settings, or an error wrapping
@@ -93,6 +94,15 @@ func NewPolicy(s Settings) (*Policy, error) {
 			}
 		}
 		p.schedules[i] = sched
+	}
+	tables := map[Schedule]intervalTable{} // most categories share a schedule
+	for i, sched := range p.schedules {
+		t, ok := tables[sched]
+		if !ok {
+			t = sched.table()
+			tables[sched] = t
+		}
+		p.intervals[i] = t
 	}
 	if s.Rand != nil {
 		p.rnd = &lockedRand{r: s.Rand}
@@ -160,8 +170,9 @@ func (d Decision) String() string {
 // NextAttempt decides what to do after delivery attempt number attempt
 // (1 for the first) failed with classification c. first is when the first
 // attempt was made and now is the time of the decision; rnd is the jitter
-// source (nil means math/rand/v2's global one). Each call draws exactly one
-// number from rnd, and the result depends only on the arguments.
+// source (nil means math/rand/v2's global one). A call that decides to retry
+// draws exactly one number from rnd; the result depends only on the
+// arguments and that number.
 //
 // Count as attempts only real delivery attempts: an SMTP transaction that
 // got a reply or failed on the network. Time spent waiting for a governor
@@ -175,14 +186,14 @@ func (d Decision) String() string {
 // The error is a *GiveUpError (errors.Is ErrPermanent or ErrMaxAge) when the
 // message must not be retried: c is not Transient, or now is at or past the
 // maximum age, or the hint forbids a retry before it. An error wrapping
-// ErrInvalid means bad arguments (attempt < 1, first is zero), never "give up".
+// ErrInvalid means bad arguments (attempt < 1, a zero time), never "give up".
 func (p *Policy) NextAttempt(c smtpcode.Classification, attempt int, first, now time.Time, rnd Rand) (Decision, error) {
 	p = p.resolved()
 	if attempt < 1 {
 		return Decision{}, fmt.Errorf("%w: attempt %d: attempts count from 1", ErrInvalid, attempt)
 	}
-	if first.IsZero() {
-		return Decision{}, fmt.Errorf("%w: first attempt time is zero", ErrInvalid)
+	if first.IsZero() || now.IsZero() {
+		return Decision{}, fmt.Errorf("%w: first attempt or current time is zero", ErrInvalid)
 	}
 	age := nonNegative(now.Sub(first)) // clocks may disagree a little
 	giveUp := func(reason error) (Decision, error) {
@@ -197,7 +208,7 @@ func (p *Policy) NextAttempt(c smtpcode.Classification, attempt int, first, now 
 
 	s := p.schedules[c.Category]
 	u := draw(rnd)
-	d := Decision{Interval: s.interval(attempt, now)}
+	d := Decision{Interval: s.interval(p.intervals[c.Category], attempt)}
 	d.Delay = jitter(d.Interval, s.RandomizationFactor, u)
 	hint := min(c.RetryAfter, p.maxHint)
 	if hint > d.Delay {
@@ -227,8 +238,8 @@ func (p *Policy) NextAttempt(c smtpcode.Classification, attempt int, first, now 
 // A negative wait counts as 0.
 func (p *Policy) Postpone(wait time.Duration, first, now time.Time) (Decision, error) {
 	p = p.resolved()
-	if first.IsZero() {
-		return Decision{}, fmt.Errorf("%w: first attempt time is zero", ErrInvalid)
+	if first.IsZero() || now.IsZero() {
+		return Decision{}, fmt.Errorf("%w: first attempt or current time is zero", ErrInvalid)
 	}
 	wait = nonNegative(wait)
 	age := nonNegative(now.Sub(first))

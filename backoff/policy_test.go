@@ -275,6 +275,8 @@ func TestNextAttemptInvalidArguments(t *testing.T) {
 		{"negative attempt", -1, t0},
 		{"zero first attempt time", 1, time.Time{}},
 	}
+	_, err := p.NextAttempt(transient(smtpcode.System), 1, t0, time.Time{}, mid)
+	require.ErrorIs(t, err, ErrInvalid, "zero now")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := p.NextAttempt(transient(smtpcode.System), tt.attempt, tt.first, t0, mid)
@@ -431,4 +433,24 @@ func TestDecisionString(t *testing.T) {
 	d, err = p.Postpone(3*time.Second, t0, t0)
 	require.NoError(t, err)
 	assert.Equal(t, "retry in 3s at 2026-12-04T09:00:03Z", d.String())
+}
+
+func TestIntervalsBeyondTheTable(t *testing.T) {
+	// A multiplier so close to 1 that the precomputed table does not settle:
+	// later attempts are stepped, with the same results as stepping
+	// ExponentialBackOff by hand.
+	slow := Schedule{InitialInterval: time.Minute, Multiplier: 1.01, MaxInterval: 10 * time.Hour, RandomizationFactor: -1}
+	p, err := NewPolicy(Settings{Schedules: map[smtpcode.Category]Schedule{smtpcode.System: slow}})
+	require.NoError(t, err)
+	ref := p.Schedule(smtpcode.System).ExponentialBackOff(fixedClock(t0))
+	for attempt := 1; attempt <= 3*tableSize; attempt++ {
+		want := ref.NextBackOff()
+		d, err := p.NextAttempt(transient(smtpcode.System), attempt, t0, t0, mid)
+		require.NoError(t, err)
+		require.Equal(t, want, d.Interval, "attempt %d", attempt)
+		require.Equal(t, want, d.Delay, "no jitter")
+	}
+	d, err := p.NextAttempt(transient(smtpcode.System), math.MaxInt, t0, t0, mid)
+	require.NoError(t, err)
+	assert.Equal(t, 10*time.Hour, d.Interval, "1.01^100000 reaches any cap")
 }

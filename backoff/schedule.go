@@ -147,20 +147,59 @@ type fixedClock time.Time
 
 func (c fixedClock) Now() time.Time { return time.Time(c) }
 
-// interval returns the schedule's un-jittered interval after failed attempt
-// n (n >= 1), computed by cenkalti's ExponentialBackOff with jitter off.
-func (s Schedule) interval(n int, now time.Time) time.Duration {
+// intervalTable holds a schedule's un-jittered intervals after attempts
+// 1, 2, ..., as cenkalti's ExponentialBackOff computes them with jitter off.
+type intervalTable struct {
+	vals []time.Duration
+	// settled is true when every later attempt gets the last value (the
+	// interval reached MaxInterval or stopped growing).
+	settled bool
+}
+
+// tableSize is enough for every schedule whose Multiplier is not very
+// close to 1 to settle; longer ones fall back to stepping.
+const tableSize = 64
+
+// table steps a fresh ExponentialBackOff until the interval settles or the
+// table is full.
+func (s Schedule) table() intervalTable {
 	noJitter := s
 	noJitter.RandomizationFactor = 0
-	b := noJitter.ExponentialBackOff(fixedClock(now))
+	b := noJitter.ExponentialBackOff(fixedClock{})
+	var t intervalTable
+	for len(t.vals) < tableSize {
+		d := b.NextBackOff()
+		if n := len(t.vals); n > 0 && d == t.vals[n-1] {
+			t.settled = true
+			break
+		}
+		t.vals = append(t.vals, d)
+		if d == s.MaxInterval {
+			t.settled = true
+			break
+		}
+	}
+	return t
+}
+
+// interval returns the un-jittered interval after failed attempt n >= 1.
+func (s Schedule) interval(t intervalTable, n int) time.Duration {
+	switch {
+	case n <= len(t.vals):
+		return t.vals[n-1]
+	case t.settled:
+		return t.vals[len(t.vals)-1]
+	}
+	// A multiplier so close to 1 that 64 steps did not settle: step on.
+	noJitter := s
+	noJitter.RandomizationFactor = 0
+	b := noJitter.ExponentialBackOff(fixedClock{})
 	var d time.Duration
 	// The bound keeps a huge n cheap; every multiplier above 1.001 reaches
 	// MaxInterval well before it.
 	for i := 0; i < min(n, maxSteps); i++ {
 		prev := d
 		d = b.NextBackOff()
-		// The sequence only grows until it is capped or stuck; once a
-		// value repeats, every later one is the same.
 		if d == s.MaxInterval || d == prev {
 			break
 		}
