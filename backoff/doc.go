@@ -10,8 +10,9 @@
 // reached its maximum age). Policy.NextAttempt is a pure function of its
 // arguments and its random source, so a schedule can be table-tested.
 //
-// Each category has its own exponential schedule (Schedule), computed with
-// cenkalti/backoff's ExponentialBackOff on a fixed Clock: after failed
+// Each category has its own exponential schedule (Schedule), computed once,
+// when the Policy is built, by cenkalti/backoff's ExponentialBackOff on a
+// fixed Clock with its randomization off: after failed
 // attempt n the interval is InitialInterval·Multiplier^(n-1), capped at
 // MaxInterval. Every delay is then jittered by ±RandomizationFactor, with
 // ExponentialBackOff's formula but the caller's random source, so that a
