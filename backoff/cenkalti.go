@@ -84,7 +84,7 @@ func (b *BackOff) observe(err error, classify func(error) smtpcode.Classificatio
 	} else {
 		b.attempts++
 		c := classify(err)
-		d, gerr = b.policy.NextAttempt(c, b.attempts, b.first, now, b.policy.rand())
+		d, gerr = b.policy.NextAttempt(c, b.attempts, b.first, now, b.policy.Rand())
 		gerr = fillGiveUp(gerr, c, b.attempts, err, nil)
 	}
 	if gerr != nil {

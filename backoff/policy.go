@@ -250,8 +250,11 @@ func (p *Policy) Postpone(wait time.Duration, first, now time.Time) (Decision, e
 	return Decision{At: at, Delay: wait}, nil
 }
 
-// rand returns the jitter source of Retry and the adapter.
-func (p *Policy) rand() Rand { return p.resolved().rnd }
+// Rand returns the policy's Settings.Rand, safe for concurrent use, or nil
+// when none was set (NextAttempt then uses math/rand/v2's global source).
+// Retry and the BackOff adapter pass it to NextAttempt; a caller driving
+// NextAttempt itself can too, so that one seed makes a whole run repeatable.
+func (p *Policy) Rand() Rand { return p.resolved().rnd }
 
 func nonNegative(d time.Duration) time.Duration { return max(d, 0) }
 

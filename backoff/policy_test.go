@@ -402,6 +402,15 @@ func TestScheduleExponentialBackOffMatchesPolicy(t *testing.T) {
 	assert.NotNil(t, DefaultSchedule(smtpcode.Congestion).ExponentialBackOff(nil).Clock)
 }
 
+func TestPolicyRand(t *testing.T) {
+	assert.Nil(t, (*Policy)(nil).Rand())
+	assert.Nil(t, (&Policy{}).Rand())
+	p, err := NewPolicy(Settings{Rand: mid})
+	require.NoError(t, err)
+	require.NotNil(t, p.Rand())
+	assert.Equal(t, 0.5, p.Rand().Float64())
+}
+
 func TestPolicyConcurrentUse(t *testing.T) {
 	p, err := NewPolicy(Settings{Rand: rand.New(rand.NewPCG(1, 1))})
 	require.NoError(t, err)
@@ -410,7 +419,7 @@ func TestPolicyConcurrentUse(t *testing.T) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			for i := 1; i <= 100; i++ {
-				_, err := p.NextAttempt(transient(smtpcode.Congestion), i, t0, t0, p.rand())
+				_, err := p.NextAttempt(transient(smtpcode.Congestion), i, t0, t0, p.Rand())
 				assert.NoError(t, err)
 			}
 		}()

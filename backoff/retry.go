@@ -85,7 +85,7 @@ func RetryNotify(ctx context.Context, op func(ctx context.Context) error, p *Pol
 			lastErr = err
 			lastC = smtpcode.ClassifyError(err)
 			var gerr error
-			d, gerr = p.NextAttempt(lastC, attempts, first, now, p.rand())
+			d, gerr = p.NextAttempt(lastC, attempts, first, now, p.Rand())
 			if gerr != nil {
 				return fillGiveUp(gerr, lastC, attempts, lastErr, err)
 			}
