@@ -33,6 +33,20 @@
 //     (bound to the identity), so one hook serves several receivers;
 //   - Server.Client(identity) returns a go-smtp client, for tests.
 //
+// A test of a sender in fake time:
+//
+//	synctest.Test(t, func(t *testing.T) {
+//		srv, err := delivertest.NewPipeServer(delivertest.Gmail())
+//		require.NoError(t, err)
+//		defer srv.Close()
+//		dial := delivertest.Dialer{Identity: "192.0.2.1"}.DialContext
+//		// ... a sender using dial, routed to srv.Addr() ...
+//		first, ok := srv.FirstReply(delivertest.CauseConcurrency)
+//		if ok {
+//			assert.LessOrEqual(t, srv.MaxConcurrencyAfter("192.0.2.1", first), 2)
+//		}
+//	})
+//
 // # Behaviours
 //
 // The zero Config accepts everything. Behaviours combine; those in Limits
@@ -69,7 +83,8 @@
 //
 // Everything the server sees is recorded, and the accessors (Connections,
 // Messages, Replies, Stats, Clients, MaxConcurrency, MaxConcurrencySince,
-// Throttled, CountCause, CountCode, FirstReply, Received, MessageCount) are
+// MaxConcurrencyAfter, Throttled, CountCause, CountCode, FirstReply,
+// Received, MessageCount) are
 // safe to call while clients are connected; they return copies. Replies are
 // recorded as they are written to the wire, each with its time and the
 // Cause that produced it (Cause.Throttling tells throttling replies apart).

@@ -82,6 +82,9 @@ type RecordedReply struct {
 	Enhanced string // from the last line; empty if none
 	Text     string // lines joined by "\n", codes removed
 	Cause    Cause
+	// Seq orders replies and connection events, also within one instant
+	// of fake time (see MaxConcurrencyAfter).
+	Seq int
 }
 
 // Reply returns r as a Reply.
@@ -107,10 +110,17 @@ type record struct {
 	maxAll   int
 	openAll  int
 	events   []connEvent // opens and closes, in order
+	seq      int         // orders events and replies
+}
+
+func (r *record) next() int {
+	r.seq++
+	return r.seq
 }
 
 type connEvent struct {
 	at     time.Time
+	seq    int
 	client string
 	delta  int
 }
@@ -239,6 +249,29 @@ func (s *Server) MaxConcurrencySince(client string, t time.Time) int {
 		if e.at.Before(t) {
 			peak = open // open at t, so far
 		} else {
+			peak = max(peak, open)
+		}
+	}
+	return peak
+}
+
+// MaxConcurrencyAfter returns the most connections client held open at
+// once (refused ones included) when it opened a connection after the reply
+// r was written; 0 if it opened none. The empty client means all clients.
+// Unlike MaxConcurrencySince it orders by event, not by time, so it answers
+// "did the sender open more connections than the receiver allows after it
+// was told so?" also in fake time, where the reply and the sender's reaction
+// share an instant.
+func (s *Server) MaxConcurrencyAfter(client string, r RecordedReply) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	open, peak := 0, 0
+	for _, e := range s.rec.events {
+		if client != "" && e.client != client {
+			continue
+		}
+		open += e.delta
+		if e.seq > r.Seq && e.delta > 0 {
 			peak = max(peak, open)
 		}
 	}

@@ -262,7 +262,7 @@ func (s *Server) admit(raw net.Conn) *serverConn {
 	c := &serverConn{Conn: raw, s: s, id: s.nextID, client: client, idx: len(s.rec.conns)}
 	s.open[c] = struct{}{}
 	s.rec.conns = append(s.rec.conns, Connection{ID: c.id, Client: client, Start: now})
-	s.rec.events = append(s.rec.events, connEvent{now, client, +1})
+	s.rec.events = append(s.rec.events, connEvent{now, s.rec.next(), client, +1})
 	st := s.rec.client(client)
 	st.Connections++
 	cs := s.clientLocked(client)
@@ -393,7 +393,7 @@ func (s *Server) connClosed(c *serverConn) {
 	now := time.Now()
 	delete(s.open, c)
 	s.rec.conns[c.idx].End = now
-	s.rec.events = append(s.rec.events, connEvent{now, c.client, -1})
+	s.rec.events = append(s.rec.events, connEvent{now, s.rec.next(), c.client, -1})
 	cs := s.clientLocked(c.client)
 	cs.present--
 	if c.admitted {
@@ -421,11 +421,12 @@ func (s *Server) WaitIdle(ctx context.Context) error {
 }
 
 func (s *Server) recordReply(c *serverConn, code int, enhanced, text string, cause Cause) {
-	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now()
 	s.rec.replies = append(s.rec.replies, RecordedReply{
 		Time: now, ConnID: c.id, Client: c.client, Code: code, Enhanced: enhanced, Text: text, Cause: cause,
+		Seq: s.rec.next(),
 	})
 	st := s.rec.client(c.client)
 	if cause.Throttling() {

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 func TestZeroConfigAcceptsEverything(t *testing.T) {
@@ -508,6 +509,9 @@ func TestCloseEndsHangs(t *testing.T) {
 			assert.Error(t, <-done)
 		}
 		require.NoError(t, srv.Close(), "Close is idempotent")
+		if !h.fake {
+			goleak.VerifyNone(t) // outside a bubble: nothing of the server is left
+		}
 		_, err := srv.DialContext(context.Background(), "tcp", srv.Addr())
 		assert.Error(t, err, "closed")
 	})
@@ -730,6 +734,7 @@ func TestMaxConcurrencySince(t *testing.T) {
 		synctest.Wait() // the record follows the wire
 		first, ok := srv.FirstReply(CauseConcurrency)
 		require.True(t, ok)
+		assert.Equal(t, 0, srv.MaxConcurrencyAfter(ip, first), "no connection opened since")
 		open[2].Close()
 		require.NoError(t, open[0].Quit())
 		waitIdleFor(t, srv, 1)
@@ -740,6 +745,9 @@ func TestMaxConcurrencySince(t *testing.T) {
 		assert.Equal(t, 3, srv.MaxConcurrencySince(ip, first.Time))
 		assert.Equal(t, 3, srv.MaxConcurrencySince("", time.Time{}))
 		assert.Equal(t, 2, srv.MaxConcurrencySince(ip, after))
+		assert.Equal(t, 2, srv.MaxConcurrencyAfter(ip, first))
+		assert.Equal(t, 2, srv.MaxConcurrencyAfter("", first))
+		assert.Equal(t, 0, srv.MaxConcurrencyAfter("192.0.2.99", first))
 		assert.Equal(t, 0, srv.MaxConcurrencySince("192.0.2.99", time.Time{}))
 		require.NoError(t, open[1].Quit())
 		require.NoError(t, c.Quit())
@@ -919,4 +927,43 @@ func TestPresetsYahooAndOutlook(t *testing.T) {
 		waitIdle(t, o)
 		assert.Equal(t, 1, o.Throttled(""))
 	})
+}
+
+func TestFaultsUnderTLS(t *testing.T) {
+	for _, action := range []Action{ActionReply, ActionDrop, ActionGarbage, ActionHang} {
+		t.Run(action.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := Fault{Step: StepMail, Action: action, Reply: Reply{421, "4.7.0", "Try again later,\nclosing connection."}}
+				srv, err := NewPipeServer(Config{StartTLS: true, Faults: []Fault{f}})
+				require.NoError(t, err)
+				defer srv.Close()
+				assert.Equal(t, defaultDomain, srv.Domain())
+				conn, err := srv.DialContext(context.Background(), "tcp", srv.Addr())
+				require.NoError(t, err)
+				c, err := smtp.NewClientStartTLS(conn, srv.ClientTLSConfig())
+				require.NoError(t, err)
+				c.CommandTimeout = time.Minute
+				err = c.Mail("a@example.org", nil)
+				require.Error(t, err)
+				if action == ActionReply {
+					assert.Equal(t, 421, code(err))
+					assert.Error(t, c.Noop(), "closed after the 421's two lines")
+				} else {
+					assert.Equal(t, 0, code(err))
+				}
+				c.Close()
+				waitIdle(t, srv)
+				assert.True(t, srv.Connections()[0].TLS)
+				switch action {
+				case ActionReply:
+					r, ok := srv.FirstReply(CauseFault)
+					require.True(t, ok)
+					assert.Equal(t, f.Reply, r.Reply())
+				case ActionGarbage:
+					assert.Equal(t, 1, srv.CountCode("", 0))
+				}
+				assert.Equal(t, map[string]ClientStats{DefaultIdentity: {Connections: 1, MaxConcurrency: 1}}, srv.Clients())
+			})
+		})
+	}
 }
