@@ -15,7 +15,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/sluicemail/sluice/governor"
 	"github.com/sluicemail/sluice/smtpcode"
 )
 
@@ -497,5 +496,3 @@ func defaultDial(timeout time.Duration) func(ctx context.Context, network, addr 
 		return d.DialContext(ctx, network, addr)
 	}
 }
-
-var _ = governor.Decision{}

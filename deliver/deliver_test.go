@@ -13,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -632,4 +633,48 @@ func TestNewConfigErrors(t *testing.T) {
 	_, err = New(Config{HelloName: "ok.example", Policy: &governor.Policy{Default: governor.Limits{MaxConcurrency: -1}}})
 	require.ErrorIs(t, err, governor.ErrInvalidPolicy)
 	_ = errors.New
+}
+
+func TestSendSmarthostAuth(t *testing.T) {
+	plain := func(user, pass string) func() sasl.Client {
+		return func() sasl.Client { return sasl.NewPlainClient("", user, pass) }
+	}
+	tests := []struct {
+		name     string
+		startTLS bool
+		sh       Smarthost
+		want     Status
+		code     int
+	}{
+		{"tls", true, Smarthost{Auth: plain("alice", "secret")}, Delivered, 250},
+		{"no tls refused", false, Smarthost{Auth: plain("alice", "secret")}, Deferred, 454},
+		{"no tls allowed", false, Smarthost{Auth: plain("alice", "secret"), AllowInsecureAuth: true}, Delivered, 250},
+		{"bad password", true, Smarthost{Auth: plain("alice", "wrong")}, Bounced, 535},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := newPipeServer(t, delivertest.Config{StartTLS: tt.startTLS, Users: map[string]string{"alice": "secret"}})
+				h := newHarness(t, srv, func(c *Config) {
+					c.Routes = nil
+					sh := tt.sh
+					sh.Addr = srv.Addr()
+					c.Smarthost = &sh
+					c.TLS = TLSOpportunistic
+					c.TLSConfig = srv.ClientTLSConfig()
+				})
+				res, err := h.s.Send(t.Context(), msg("a@example.test", "b@elsewhere.test"))
+				require.NoError(t, err)
+				for _, r := range res {
+					assert.Equal(t, tt.want, r.Status, "%+v", r)
+					assert.Equal(t, tt.code, r.Reply.Code, "%+v", r)
+				}
+				h.close()
+				if tt.want == Delivered {
+					srv.Close()
+					assert.Equal(t, "alice", srv.Connections()[0].User)
+				}
+			})
+		})
+	}
 }
