@@ -324,4 +324,3 @@ func (n *netAuthClient) Start() (string, []byte, error) {
 func (n *netAuthClient) Next(challenge []byte) ([]byte, error) {
 	return n.a.Next(challenge, true)
 }
-
