@@ -43,7 +43,7 @@ func TestFromError(t *testing.T) {
 			Reply{421, EnhancedCode{4, 7, 0}, "[TSS04] deferred"}},
 		{"code 0 with a reply in the text", &smtp.SMTPError{Message: "550 5.1.1 gone"}, Reply{550, EnhancedCode{5, 1, 1}, "gone"}},
 		{"text with another code in it", &textproto.Error{Code: 554, Msg: "delivery failed: 421 4.4.2 timeout"},
-			Reply{554, EnhancedCode{4, 4, 2}, "timeout"}},
+			Reply{554, EnhancedCode{4, 4, 2}, "delivery failed: 421 4.4.2 timeout"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

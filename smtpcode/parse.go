@@ -204,14 +204,21 @@ func lineCode(s string) (code, n int) {
 // flattened line: "550-..." (hyphen, then not a digit unless an enhanced
 // code: "call 555-1234" is text), "550 5.2.1 ...", the reply's own code
 // repeated after punctuation ("allowed - 554 Message"), or, before any
-// code, one after a colon ("talk to me: 421 Service ..."). n is the length
-// of code and separator.
+// code, one after a colon ("talk to me: 421 Service ..."). After a 4xx or
+// 5xx code only that same code starts a line. n is the length of code and
+// separator.
 func midCode(s string, i, lastCode int) (code, n int, ok bool) {
 	if i+3 > len(s) || !validBasic(s[i], s[i+1], s[i+2]) {
 		return 0, 0, false
 	}
 	code = int(s[i]-'0')*100 + int(s[i+1]-'0')*10 + int(s[i+2]-'0')
 	if i+3 == len(s) {
+		return 0, 0, false
+	}
+	// A different code inside a failure line is a quoted reply
+	// ("Error: 535 5.7.3 ...", "<421 4.4.2 timed out>"), not a new line;
+	// only a greeting or wrapper text comes before the real reply.
+	if lastCode >= 400 && code != lastCode {
 		return 0, 0, false
 	}
 	sep := s[i+3]

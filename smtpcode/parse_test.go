@@ -104,3 +104,9 @@ func TestEnhancedCodeString(t *testing.T) {
 	assert.Equal(t, "", EnhancedCode{}.String())
 	assert.True(t, EnhancedCode{}.IsZero())
 }
+
+func TestParseQuotedReplyIsNotALine(t *testing.T) {
+	r, err := Parse("530 5.7.57 Client not authenticated to send mail. Error: 535 5.7.3 Authentication unsuccessful")
+	require.NoError(t, err)
+	assert.Equal(t, Reply{530, EnhancedCode{5, 7, 57}, "Client not authenticated to send mail. Error: 535 5.7.3 Authentication unsuccessful"}, r)
+}

@@ -84,3 +84,9 @@ func checkLabelled(t *testing.T, rows []labelledReply, minCategory float64) {
 func TestSharedReplies(t *testing.T) {
 	checkLabelled(t, loadLabelled(t, sharedFile(t, "replies.tsv")), 0.90)
 }
+
+// TestExtraReplies checks the project's own labelled rows (provider
+// documentation and MTA sources, one source per row) with the same bar.
+func TestExtraReplies(t *testing.T) {
+	checkLabelled(t, loadLabelled(t, "testdata/replies_extra.tsv"), 0.90)
+}
