@@ -437,6 +437,7 @@ func (ss *session) close(ctx context.Context, quit bool) {
 		}
 		ss.raw.Close()
 		ss.broken = true
+		ss.s.learn.closed(poolKey{ss.sourceIP, ss.site})
 		if ss.permit != nil {
 			ss.permit.Release()
 		}

@@ -85,6 +85,7 @@ type Sender struct {
 	router      *router
 	lim         limiter
 	pool        *pool
+	learn       learner
 	backoff     *backoff.Policy
 	maxPerConn  int
 	maxConnAge  time.Duration
@@ -564,12 +565,22 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			t.Stop()
 			continue
 		}
+		if !s.learn.reserve(k) {
+			// A learned limit: wait for a connection to come back or close.
+			select {
+			case <-sig:
+			case <-waitCtx.Done():
+				return nil, s.errOutcome(ctx, waitCtx.Err()), time.Time{}
+			}
+			continue
+		}
 		s.pool.evictOthers(k, rt)
 		p, dec, err := s.lim.acquire(waitCtx, keys, sig)
 		if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) {
 			s.cfg.Hooks.Wait(WaitInfo{Site: rt.site, Keys: keys, Decision: dec, Err: err})
 		}
 		if err != nil {
+			s.learn.dialed(k, false, false)
 			if errors.Is(err, errWoken) {
 				continue
 			}
@@ -587,6 +598,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			h := rt.hosts[(hostStart+i)%len(rt.hosts)]
 			ss, o := s.dialSession(ctx, rt, h, src, p)
 			if ss != nil {
+				s.learn.dialed(k, true, false)
 				s.lim.feedback(keys[2], governor.Signal{Kind: governor.Success, Started: p.Acquired()})
 				return ss, nil, time.Time{}
 			}
@@ -596,6 +608,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 				break
 			}
 		}
+		s.learn.dialed(k, false, last.class.Category == smtpcode.Congestion && last.hasReply())
 		p.Release()
 		return nil, last, time.Time{}
 	}

@@ -104,6 +104,7 @@ func (pl *pool) expire(k poolKey, ss *session) {
 		if x == ss {
 			pl.setLocked(k, append(list[:i], list[i+1:]...))
 			pl.closeLocked(ss)
+			pl.signalLocked(k)
 			return
 		}
 	}
