@@ -3,8 +3,9 @@ package smtpcode
 import "testing"
 
 const (
-	benchOneLine = "421 4.4.5 Server busy, try again later. d9443c01a7336-21c7a1b2e1csi12345 - gsmtp"
-	benchSixLine = "550-5.7.26 The MAIL FROM domain [email.example.jp] has an SPF record with a hard fail\r\n" +
+	benchOneLine  = "421 4.4.5 Server busy, try again later. d9443c01a7336-21c7a1b2e1csi12345 - gsmtp"
+	benchFallback = "550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address - gsmtp"
+	benchSixLine  = "550-5.7.26 The MAIL FROM domain [email.example.jp] has an SPF record with a hard fail\r\n" +
 		"550-5.7.26 policy (-all) but it fails to pass SPF checks with the ip:\r\n" +
 		"550-5.7.26 [203.0.113.22]. To best protect our users from spam and phishing,\r\n" +
 		"550-5.7.26 the message has been blocked. For instructions on setting up\r\n" +
@@ -30,4 +31,7 @@ func benchmarkParseClassify(b *testing.B, raw string) {
 func BenchmarkParseClassify(b *testing.B) {
 	b.Run("one-line", func(b *testing.B) { benchmarkParseClassify(b, benchOneLine) })
 	b.Run("six-line", func(b *testing.B) { benchmarkParseClassify(b, benchSixLine) })
+	// A reply that no provider rule claims: it runs through the generic
+	// text rules before the enhanced code decides.
+	b.Run("one-line-fallback", func(b *testing.B) { benchmarkParseClassify(b, benchFallback) })
 }

@@ -1,8 +1,9 @@
 package smtpcode
 
 import (
-	"bytes"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -75,8 +76,43 @@ type compiledRule struct {
 	all, any []needle
 }
 
-// needle is a text condition, lower-cased and with white space collapsed.
-type needle []byte
+// needle is a text condition, lower-cased and with white space collapsed,
+// with its distinct bigrams for a quick "certainly absent" test.
+type needle struct {
+	b       []byte
+	bigrams []uint16
+}
+
+func newNeedle(s string) needle {
+	n := needle{b: normalize(nil, s)}
+	type scored struct {
+		h     uint16
+		score int
+	}
+	var bs []scored
+	for i := 0; i+1 < len(n.b); i++ {
+		h := bigram(n.b[i], n.b[i+1])
+		if !slices.ContainsFunc(bs, func(x scored) bool { return x.h == h }) {
+			bs = append(bs, scored{h, letterRank(n.b[i]) + letterRank(n.b[i+1])})
+		}
+	}
+	// Test the rarest bigrams first: a miss rules the needle out soonest.
+	slices.SortStableFunc(bs, func(x, y scored) int { return x.score - y.score })
+	for _, b := range bs {
+		n.bigrams = append(n.bigrams, b.h)
+	}
+	return n
+}
+
+// letterRank is how common a byte is in English mail text: 0 for rare
+// (digits, punctuation, q, z...), up to 26 for the space and 'e'.
+func letterRank(c byte) int {
+	const byFrequency = "zqxjkvbpygfwmucldrhsnioate " // rarest first
+	if i := strings.IndexByte(byFrequency, c); i >= 0 {
+		return i
+	}
+	return 0
+}
 
 // NewClassifier returns a classifier that tries rules, in order, before the
 // built-in provider rules (DefaultRules) and the RFC 3463 and RFC 5321
@@ -111,10 +147,10 @@ func newClassifier(rules []Rule) *Classifier {
 	for i, r := range rules {
 		cr := compiledRule{Rule: r}
 		for _, s := range r.Contains {
-			cr.all = append(cr.all, normalize(nil, s))
+			cr.all = append(cr.all, newNeedle(s))
 		}
 		for _, s := range r.ContainsAny {
-			cr.any = append(cr.any, normalize(nil, s))
+			cr.any = append(cr.any, newNeedle(s))
 		}
 		c.rules[i] = cr
 		idx := int32(i)
@@ -177,9 +213,9 @@ func (c *Classifier) Classify(r Reply) Classification {
 	// The text lower-cased, white space collapsed, once; on the stack
 	// unless it is long.
 	var scratch [512]byte
-	t := normalize(scratch[:0], r.Text)
+	ti := textIndex{t: normalize(scratch[:0], r.Text)}
 
-	if i, ok := c.match(r, class, t); ok {
+	if i, ok := c.match(r, class, &ti); ok {
 		cr := &c.rules[i]
 		out := Classification{
 			Transient: class == 4,
@@ -197,7 +233,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 			out.Scope = DefaultScope(out.Category)
 		}
 		if out.Transient {
-			out.RetryAfter = retryHint(t)
+			out.RetryAfter = retryHint(ti.t)
 			if out.RetryAfter == 0 {
 				out.RetryAfter = cr.RetryAfter
 			}
@@ -215,7 +251,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 		out.Scope = DefaultScope(out.Category)
 	}
 	if out.Transient {
-		out.RetryAfter = retryHint(t)
+		out.RetryAfter = retryHint(ti.t)
 	}
 	return out
 }
@@ -223,7 +259,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 // match returns the index of the first rule, in list order, that matches.
 // Only the rules indexed under the reply's enhanced code, basic code and
 // class, and the rules with no code condition, are looked at.
-func (c *Classifier) match(r Reply, class int, t []byte) (int32, bool) {
+func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
 	var lists [4][]int32
 	n := 0
 	if !r.Enhanced.IsZero() && r.Enhanced.Subject >= 0 && r.Enhanced.Subject < 8 &&
@@ -260,13 +296,13 @@ func (c *Classifier) match(r Reply, class int, t []byte) (int32, bool) {
 		}
 		i := lists[best][0]
 		lists[best] = lists[best][1:]
-		if c.rules[i].matches(r, class, t) {
+		if c.rules[i].matches(r, class, ti) {
 			return i, true
 		}
 	}
 }
 
-func (cr *compiledRule) matches(r Reply, class int, t []byte) bool {
+func (cr *compiledRule) matches(r Reply, class int, ti *textIndex) bool {
 	if cr.Code != 0 && cr.Code != r.Code {
 		return false
 	}
@@ -292,16 +328,16 @@ func (cr *compiledRule) matches(r Reply, class int, t []byte) bool {
 	if len(cr.all) == 0 && len(cr.any) == 0 {
 		return true
 	}
-	for _, nd := range cr.all {
-		if !bytes.Contains(t, nd) {
+	for i := range cr.all {
+		if !ti.contains(&cr.all[i]) {
 			return false
 		}
 	}
 	if len(cr.any) == 0 {
 		return true
 	}
-	for _, nd := range cr.any {
-		if bytes.Contains(t, nd) {
+	for i := range cr.any {
+		if ti.contains(&cr.any[i]) {
 			return true
 		}
 	}

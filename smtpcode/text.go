@@ -5,6 +5,53 @@ import (
 	"time"
 )
 
+// textIndex is a reply's normalized text and, once several needles have
+// been searched in a long text, the set of its bigrams: most needles are
+// then ruled out by a few bit tests instead of a substring search. The
+// first searches go straight to bytes.Contains, so a reply that a provider
+// rule claims at once never pays for the set.
+type textIndex struct {
+	t        []byte
+	searches int
+	built    bool
+	set      [64]uint64 // 4096 bits
+}
+
+const (
+	// shortText is the length below which a plain search always wins.
+	shortText = 48
+	// directSearches are done before the bigram set is built.
+	directSearches = 4
+)
+
+func bigram(a, b byte) uint16 { return (uint16(a)<<6 ^ uint16(b)) & 4095 }
+
+func (ti *textIndex) contains(n *needle) bool {
+	if len(n.b) > len(ti.t) {
+		return false
+	}
+	if len(ti.t) >= shortText {
+		if !ti.built {
+			ti.searches++
+			if ti.searches > directSearches {
+				for i := 0; i+1 < len(ti.t); i++ {
+					h := bigram(ti.t[i], ti.t[i+1])
+					ti.set[h>>6] |= 1 << (h & 63)
+				}
+				ti.built = true
+			}
+		}
+		if ti.built {
+			for _, h := range n.bigrams {
+				if ti.set[h>>6]&(1<<(h&63)) == 0 {
+					return false
+				}
+			}
+		}
+	}
+	return bytes.Contains(ti.t, n.b)
+}
+
 // normalize appends s to dst lower-cased (ASCII) with every run of white
 // space turned into one space and leading/trailing space dropped.
 func normalize(dst []byte, s string) []byte {
