@@ -127,6 +127,15 @@ type Config struct {
 	// falls back to SiteOf (the registrable domain of the best MX host).
 	SiteKey func(domain string, hosts []string) string
 
+	// SharedSites lists the sites whose MX hosts accept mail for every
+	// domain of the site, so that an open connection to any of them can
+	// carry mail for any of those domains (a connection to gmail.com's MX
+	// carries a Google Workspace domain's mail; Google documents that its
+	// MX hosts serve every Workspace domain). nil: []string{SiteGoogle};
+	// an empty non-nil slice: none, connections are shared only between
+	// domains that list the same host.
+	SharedSites []string
+
 	// TLS is the TLS policy; TLSConfig the configuration used for it (its
 	// ServerName is set to the host dialled when empty).
 	TLS       TLSPolicy

@@ -86,6 +86,7 @@ type Sender struct {
 	lim         limiter
 	pool        *pool
 	learn       learner
+	sharedSites map[string]bool
 	backoff     *backoff.Policy
 	maxPerConn  int
 	maxConnAge  time.Duration
@@ -116,6 +117,14 @@ func New(cfg Config) (*Sender, error) {
 		maxAttempts: cmp.Or(cfg.MaxAttempts, DefaultMaxAttempts),
 		maxBytes:    cmp.Or(cfg.MaxMessageBytes, DefaultMaxMessageBytes),
 		backoff:     cfg.Backoff,
+	}
+	shared := cfg.SharedSites
+	if shared == nil {
+		shared = []string{SiteGoogle}
+	}
+	s.sharedSites = make(map[string]bool, len(shared))
+	for _, site := range shared {
+		s.sharedSites[site] = true
 	}
 	if s.maxPerConn < 0 {
 		s.maxPerConn = 1
@@ -217,11 +226,12 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 	defer stop()
 
 	st := &sendState{
-		s:     s,
-		p:     p,
-		src:   cmp.Or(p.sourceIP, s.cfg.SourceIP),
-		first: p.firstTime,
-		res:   make([]Result, len(p.rcpts)),
+		s:       s,
+		p:       p,
+		src:     cmp.Or(p.sourceIP, s.cfg.SourceIP),
+		first:   p.firstTime,
+		res:     make([]Result, len(p.rcpts)),
+		started: time.Now(),
 	}
 	if st.first.IsZero() {
 		st.first = time.Now()
@@ -243,14 +253,19 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 		}
 	}
 
-	// Group by domain, keeping first-seen order.
+	// Group by domain, keeping first-seen order; through a smarthost every
+	// recipient goes in one transaction.
 	var order []string
 	groups := map[string][]int{}
 	for i, r := range p.rcpts {
-		if _, ok := groups[r.domain]; !ok {
-			order = append(order, r.domain)
+		g := r.domain
+		if s.cfg.Smarthost != nil {
+			g = p.rcpts[0].domain
 		}
-		groups[r.domain] = append(groups[r.domain], i)
+		if _, ok := groups[g]; !ok {
+			order = append(order, g)
+		}
+		groups[g] = append(groups[g], i)
 	}
 	if len(order) == 1 {
 		st.deliverDomain(ctx, order[0], groups[order[0]])
@@ -272,6 +287,8 @@ type sendState struct {
 	src   netip.Addr
 	first time.Time
 	res   []Result
+	// started is when Send began; MaxWait counts from it.
+	started time.Time
 }
 
 func (st *sendState) results(msg *Message) []Result {
@@ -370,6 +387,10 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 			o = &lo
 		}
 		for _, i := range idx {
+			if o.class.Transient && ctx.Err() == nil {
+				// A failed lookup is a failed attempt: the backoff applies.
+				st.res[i].Attempts = 1
+			}
 			st.finish(i, o, time.Time{})
 		}
 		return
@@ -436,6 +457,10 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 				return
 			}
 			notBefore = st.retryTime(o, attempts)
+			if st.tooLate(ctx, notBefore, poolKey{st.src, rt.site}, o) {
+				finishPending(nil, time.Time{})
+				return
+			}
 			if o.class.Category != smtpcode.Congestion && o.class.Category != smtpcode.RateLimit {
 				hostStart++
 			}
@@ -496,6 +521,10 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 		if retryConn {
 			attempts++
 			notBefore = st.retryTime(&lastOut, attempts)
+			if st.tooLate(ctx, notBefore, poolKey{st.src, rt.site}, &lastOut) {
+				finishPending(nil, time.Time{})
+				return
+			}
 		}
 	}
 }
@@ -506,6 +535,27 @@ func (s *Sender) waitContext(ctx context.Context) (context.Context, context.Canc
 		return context.WithTimeout(ctx, s.maxWait)
 	}
 	return context.WithCancel(ctx)
+}
+
+// tooLate reports whether waiting until notBefore for a new connection
+// would outlast MaxWait or ctx, with no open connection that could come
+// back sooner (after a congestion refusal an idle connection may be reused
+// at once; after a rate limit the receiver asked for less, not another
+// connection).
+func (st *sendState) tooLate(ctx context.Context, notBefore time.Time, k poolKey, o *outcome) bool {
+	if notBefore.IsZero() {
+		return false
+	}
+	limit, ok := ctx.Deadline()
+	if st.s.maxWait > 0 {
+		if w := st.started.Add(st.s.maxWait); !ok || w.Before(limit) {
+			limit, ok = w, true
+		}
+	}
+	if !ok || !notBefore.After(limit) {
+		return false
+	}
+	return o.class.Category != smtpcode.Congestion || st.s.learn.live(k) == 0
 }
 
 // retryable: a transient outcome worth another connection within Send.
@@ -576,7 +626,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		}
 		s.pool.evictOthers(k, rt)
 		p, dec, err := s.lim.acquire(waitCtx, keys, sig)
-		if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) {
+		if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) && !errors.Is(err, errWoken) {
 			s.cfg.Hooks.Wait(WaitInfo{Site: rt.site, Keys: keys, Decision: dec, Err: err})
 		}
 		if err != nil {

@@ -92,3 +92,13 @@ func (l *learner) closed(k poolKey) {
 	e.live--
 	l.forget(k, e)
 }
+
+// live returns the greeted sessions open for k.
+func (l *learner) live(k poolKey) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.m[k]; e != nil {
+		return e.live
+	}
+	return 0
+}

@@ -42,7 +42,7 @@ func (pl *pool) take(k poolKey, rt *route) *session {
 			pl.closeLocked(ss)
 			continue
 		}
-		if !rt.hasHost(ss.host.addr) {
+		if !pl.s.canCarry(rt, ss) {
 			continue
 		}
 		list = append(list[:i], list[i+1:]...)
@@ -62,7 +62,7 @@ func (pl *pool) evictOthers(k poolKey, rt *route) bool {
 	list := pl.idle[k]
 	evicted := false
 	for i := len(list) - 1; i >= 0; i-- {
-		if ss := list[i]; !rt.hasHost(ss.host.addr) {
+		if ss := list[i]; !pl.s.canCarry(rt, ss) {
 			list = append(list[:i], list[i+1:]...)
 			pl.closeLocked(ss)
 			evicted = true
@@ -165,4 +165,9 @@ func (r *route) hasHost(addr string) bool {
 		}
 	}
 	return false
+}
+
+// canCarry reports whether ss may carry mail routed by rt.
+func (s *Sender) canCarry(rt *route, ss *session) bool {
+	return rt.hasHost(ss.host.addr) || (ss.site == rt.site && s.sharedSites[rt.site])
 }

@@ -1,0 +1,228 @@
+package deliver
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicemail/sluice/deliver/delivertest"
+	"github.com/sluicemail/sluice/governor"
+	"github.com/sluicemail/sluice/smtpcode"
+)
+
+// mxDial routes host:port to pipe servers by MX host name.
+func mxDial(servers map[string]*delivertest.Server) func(ctx context.Context, network, addr string, src netip.Addr) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string, src netip.Addr) (net.Conn, error) {
+		host, _, _ := net.SplitHostPort(addr)
+		srv, ok := servers[host]
+		if !ok {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "connection refused", Name: host}}
+		}
+		return delivertest.Dialer{}.DialSource(ctx, network, srv.Addr(), src)
+	}
+}
+
+func TestSendThroughMX(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gmail := newPipeServer(t, delivertest.Config{})
+		other := newPipeServer(t, delivertest.Config{})
+		res := &fakeResolver{
+			mx: map[string][]*net.MX{
+				"gmail.com":      {{Host: "gmail-smtp-in.l.google.com.", Pref: 5}},
+				"acme.example":   {{Host: "aspmx.l.google.com.", Pref: 1}},
+				"other.example":  {{Host: "mx.other.example.", Pref: 10}},
+				"nullmx.example": {{Host: ".", Pref: 0}},
+			},
+			tempErr: map[string]bool{"temp.example": true},
+		}
+		var connects atomic.Int64
+		h := newHarness(t, gmail, func(c *Config) {
+			c.Routes = nil
+			c.Resolver = res
+			c.Dial = mxDial(map[string]*delivertest.Server{
+				"gmail-smtp-in.l.google.com": gmail,
+				"aspmx.l.google.com":         gmail,
+				"mx.other.example":           other,
+			})
+			c.Hooks.Connect = func(ConnectInfo) { connects.Add(1) }
+		})
+		out, err := h.s.Send(t.Context(), msg("a@gmail.com", "b@other.example", "c@nullmx.example", "d@nowhere.example", "e@temp.example", "f@acme.example"))
+		require.NoError(t, err)
+		require.Len(t, out, 6)
+		assert.Equal(t, Delivered, out[0].Status)
+		assert.Equal(t, SiteGoogle, out[0].Site)
+		assert.Equal(t, "gmail-smtp-in.l.google.com", out[0].Host)
+		assert.Equal(t, Delivered, out[1].Status)
+		assert.Equal(t, "other.example", out[1].Site)
+		for _, r := range out[2:4] {
+			assert.Equal(t, Bounced, r.Status, "%+v", r)
+			assert.True(t, r.LocalReply)
+			assert.Zero(t, r.Attempts)
+			assert.Equal(t, smtpcode.UnknownDomain, r.Class.Category)
+		}
+		assert.Equal(t, 556, out[2].Reply.Code)
+		assert.Equal(t, 550, out[3].Reply.Code)
+		assert.Equal(t, Deferred, out[4].Status)
+		assert.Equal(t, 451, out[4].Reply.Code)
+		assert.True(t, out[4].RetryAt.After(time.Now()))
+		assert.Equal(t, Delivered, out[5].Status)
+		assert.Equal(t, SiteGoogle, out[5].Site)
+
+		// A Workspace domain reuses the pooled Gmail connection.
+		before := connects.Load()
+		out, err = h.s.Send(t.Context(), msg("g@acme.example"))
+		require.NoError(t, err)
+		assert.Equal(t, Delivered, out[0].Status)
+		out, err = h.s.Send(t.Context(), msg("h@gmail.com"))
+		require.NoError(t, err)
+		assert.Equal(t, Delivered, out[0].Status)
+		assert.LessOrEqual(t, connects.Load()-before, int64(1))
+		h.close()
+	})
+}
+
+func TestSendSourceIP(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{})
+		h := newHarness(t, srv, func(c *Config) {
+			c.Dial = delivertest.Dialer{}.DialSource
+			c.SourceIP = netip.MustParseAddr("192.0.2.10")
+		})
+		m := msg("a@example.test")
+		_, err := h.s.Send(t.Context(), m)
+		require.NoError(t, err)
+		m.SourceIP = netip.MustParseAddr("192.0.2.11")
+		_, err = h.s.Send(t.Context(), m)
+		require.NoError(t, err)
+		assert.ElementsMatch(t, []string{"192.0.2.10", "192.0.2.11"}, srv.ClientNames())
+		h.close()
+	})
+}
+
+func TestSendGreylisted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{Greylist: delivertest.Greylist{Delay: 5 * time.Minute}})
+		h := newHarness(t, srv, nil)
+		start := time.Now()
+		out, err := h.s.Send(t.Context(), msg("a@example.test"))
+		require.NoError(t, err)
+		assert.Equal(t, Deferred, out[0].Status)
+		assert.Equal(t, smtpcode.Greylist, out[0].Class.Category)
+		assert.GreaterOrEqual(t, out[0].RetryAt.Sub(start), 5*time.Minute)
+		assert.Equal(t, time.Duration(0), time.Since(start), "no wait within Send")
+
+		time.Sleep(out[0].RetryAt.Sub(time.Now()))
+		m := msg("a@example.test")
+		m.Attempt, m.FirstAttempt = 1, start
+		out, err = h.s.Send(t.Context(), m)
+		require.NoError(t, err)
+		assert.Equal(t, Delivered, out[0].Status)
+		h.close()
+	})
+}
+
+// A rate limit whose backoff outlasts MaxWait defers at once.
+func TestSendRateLimitedDefersAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := delivertest.Gmail()
+		cfg.StartTLS = false
+		cfg.Limits.MessageRate = delivertest.Rate{Every: time.Hour, Burst: 1, Reply: delivertest.GmailRateReply}
+		srv := newPipeServer(t, cfg)
+		h := newHarness(t, srv, nil)
+		out, err := h.s.Send(t.Context(), msg("a@example.test"))
+		require.NoError(t, err)
+		assert.Equal(t, Delivered, out[0].Status)
+		start := time.Now()
+		out, err = h.s.Send(t.Context(), msg("b@example.test"))
+		require.NoError(t, err)
+		r := out[0]
+		assert.Equal(t, Deferred, r.Status, "%+v", r)
+		assert.Equal(t, smtpcode.RateLimit, r.Class.Category)
+		assert.Equal(t, 1, r.Attempts)
+		assert.Less(t, time.Since(start), time.Minute)
+		assert.True(t, r.RetryAt.After(start.Add(time.Minute)))
+		h.close()
+	})
+}
+
+func TestSendSmarthostOneTransaction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{})
+		h := newHarness(t, srv, func(c *Config) {
+			c.Routes = nil
+			c.Smarthost = &Smarthost{Addr: srv.Addr()}
+		})
+		out, err := h.s.Send(t.Context(), msg("a@one.example", "b@two.example", "c@three.example"))
+		require.NoError(t, err)
+		for _, r := range out {
+			assert.Equal(t, Delivered, r.Status)
+		}
+		assert.Equal(t, 1, srv.MessageCount())
+		h.close()
+	})
+}
+
+func TestSendLogsAndHooks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{Recipients: map[string]delivertest.Reply{
+			"nobody@example.test": {Code: 550, Enhanced: "5.1.1", Text: "No such user"},
+		}})
+		var buf bytes.Buffer
+		var mu sync.Mutex
+		var events []string
+		record := func(e string) { mu.Lock(); events = append(events, e); mu.Unlock() }
+		gov, err := governor.New(governor.Config{Policy: &governor.Policy{Default: governor.Limits{MaxConcurrency: 1}}})
+		require.NoError(t, err)
+		h := newHarness(t, srv, func(c *Config) {
+			c.Governor = gov
+			c.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			c.Hooks = Hooks{
+				Attempt: func(a AttemptInfo) { record("attempt") },
+				Result:  func(r Result) { record("result:" + r.Status.String()) },
+				Wait:    func(w WaitInfo) { record("wait") },
+				Connect: func(c ConnectInfo) { record("connect") },
+			}
+		})
+		h.gov = gov
+		_, err = h.s.Send(t.Context(), msg("a@example.test", "nobody@example.test"))
+		require.NoError(t, err)
+		assert.Equal(t, []string{"connect", "attempt", "result:delivered", "result:bounced"}, events)
+		assert.Contains(t, buf.String(), "deliver: result")
+		assert.Contains(t, buf.String(), "rcpt=nobody@example.test status=bounced")
+		assert.Contains(t, buf.String(), "deliver: connect")
+
+		// A second Send waits for the only slot, held by a busy connection.
+		events = nil
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				_, err := h.s.Send(t.Context(), msg("a@example.test"))
+				assert.NoError(t, err)
+			})
+		}
+		wg.Wait()
+		h.close()
+	})
+}
+
+// With Logger nil nothing is logged (and nothing panics).
+func TestSendNoLogger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{})
+		h := newHarness(t, srv, nil)
+		out, err := h.s.Send(t.Context(), msg("a@example.test"))
+		require.NoError(t, err)
+		assert.Equal(t, Delivered, out[0].Status)
+		h.close()
+	})
+}
