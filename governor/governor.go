@@ -351,6 +351,9 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 	first := now
 	deadline := int64(math.MaxInt64)
 	if !try {
+		if err := ctx.Err(); err != nil {
+			return Decision{}, &WaitError{Err: err}
+		}
 		if dl, ok := ctx.Deadline(); ok {
 			deadline = en.tick(dl)
 		}

@@ -35,6 +35,9 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 	}
 	req := &Request{Kind: kind, Keys: sorted, Limits: make([]Limits, len(sorted)), Try: try, Ticket: g.newTicket()}
 	if !try {
+		if err := ctx.Err(); err != nil {
+			return Decision{}, nil, &WaitError{Err: err}
+		}
 		req.Deadline = ctxDeadline(ctx)
 	}
 	first := now

@@ -1,0 +1,189 @@
+package redisstore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicemail/sluice/governor/redisstore"
+)
+
+// The tests need a real Redis: TestMain starts its own redis-server (from
+// PATH) on a free loopback port, or uses SLUICE_TEST_REDIS=host:port.
+
+const (
+	envRedis = "SLUICE_TEST_REDIS"
+	envChild = "SLUICE_REDISSTORE_CHILD" // marks a re-executed test binary
+)
+
+var (
+	testAddr   string // the shared Redis
+	skipReason string // why there is none
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envChild) != "" {
+		testAddr = os.Getenv(envRedis)
+		os.Exit(m.Run())
+	}
+	testAddr = os.Getenv(envRedis)
+	var srv *redisServer
+	if testAddr == "" {
+		var err error
+		srv, err = startRedis(0)
+		if err != nil {
+			skipReason = err.Error()
+		} else {
+			testAddr = srv.addr
+		}
+	}
+	code := m.Run()
+	if srv != nil {
+		srv.stop()
+	}
+	os.Exit(code)
+}
+
+// needRedis returns the shared Redis address, or skips (fails under CI=true).
+func needRedis(tb testing.TB) string {
+	tb.Helper()
+	if testAddr == "" {
+		unavailableRedis(tb, skipReason)
+	}
+	return testAddr
+}
+
+func unavailableRedis(tb testing.TB, why string) {
+	tb.Helper()
+	msg := "no Redis server for this test: " + why +
+		" (install redis-server on PATH, or set " + envRedis + "=host:port)"
+	if os.Getenv("CI") == "true" {
+		tb.Fatal(msg)
+	}
+	tb.Skip(msg)
+}
+
+// redisServer is a redis-server process started by the tests.
+type redisServer struct {
+	addr string
+	port int
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server on port (0: a free one) on loopback.
+func startRedis(port int) (*redisServer, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found on PATH")
+	}
+	if port == 0 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &redisServer{addr: "127.0.0.1:" + strconv.Itoa(port), port: port, cmd: cmd}
+	c := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("redis-server on %s did not answer: %w", s.addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop kills the server (SIGKILL: no chance to save anything).
+func (s *redisServer) stop() {
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+}
+
+func newClient(tb testing.TB, addr string) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{
+		Addr:         addr,
+		DialTimeout:  time.Second,
+		ReadTimeout:  time.Second,
+		WriteTimeout: time.Second,
+		MaxRetries:   -1,
+		PoolSize:     64,
+	})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func randomPrefix() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "test-" + hex.EncodeToString(b[:])
+}
+
+// newStore returns a Store with a fresh prefix on addr, closed at the end.
+func newStore(tb testing.TB, addr string, opt redisstore.Options) *redisstore.Store {
+	tb.Helper()
+	if opt.Prefix == "" {
+		opt.Prefix = randomPrefix()
+	}
+	s, err := redisstore.New(newClient(tb, addr), opt)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// eventually polls cond until it holds or a generous bound passes: the
+// bound is only there to end a broken test, it measures nothing.
+func eventually(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for _, o := range []redisstore.Options{
+		{Prefix: "a{b"},
+		{Lease: -1},
+		{Unavailable: redisstore.Degrade},
+		{Unavailable: 7},
+		{Lease: time.Second, RenewEvery: 2 * time.Second},
+		{Processes: -1},
+	} {
+		_, err := redisstore.New(c, o)
+		require.ErrorIs(t, err, redisstore.ErrInvalidOptions, "%+v", o)
+	}
+	_, err := redisstore.New(nil, redisstore.Options{})
+	require.True(t, errors.Is(err, redisstore.ErrInvalidOptions))
+}
