@@ -76,19 +76,48 @@ func (r Reply) validate(field string, refusal bool) error {
 }
 
 func parseEnhanced(s string) (smtp.EnhancedCode, error) {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return smtp.EnhancedCode{}, fmt.Errorf("enhanced code %q is not class.subject.detail", s)
-	}
 	var ec smtp.EnhancedCode
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
+	rest := s
+	for i := range ec {
+		part := rest
+		if i < 2 {
+			var ok bool
+			part, rest, ok = strings.Cut(rest, ".")
+			if !ok {
+				return smtp.EnhancedCode{}, fmt.Errorf("enhanced code %q is not class.subject.detail", s)
+			}
+		}
+		n, err := strconv.Atoi(part)
 		if err != nil || n < 0 || n > 999 || (i == 0 && n != 2 && n != 4 && n != 5) {
 			return smtp.EnhancedCode{}, fmt.Errorf("enhanced code %q is not class.subject.detail", s)
 		}
 		ec[i] = n
 	}
 	return ec, nil
+}
+
+// isEnhanced is parseEnhanced without the error, for the hot path.
+func isEnhanced(s string) bool {
+	dots := 0
+	digits := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '.':
+			if digits == 0 {
+				return false
+			}
+			dots++
+			digits = 0
+		case c >= '0' && c <= '9':
+			digits++
+			if digits > 3 {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return dots == 2 && digits > 0 && (s[0] == '2' || s[0] == '4' || s[0] == '5') && s[1] == '.'
 }
 
 // smtpError turns r into the error a go-smtp Session returns, with the
@@ -430,9 +459,9 @@ func (c Config) clone() Config {
 	return c
 }
 
-func (c *Config) limitsFor(client string) Limits {
+func (c *Config) limitsFor(client string) *Limits {
 	if l, ok := c.Clients[client]; ok {
-		return l
+		return &l
 	}
-	return c.Limits
+	return &c.Limits
 }

@@ -1,6 +1,7 @@
 package delivertest
 
 import (
+	"iter"
 	"slices"
 	"sort"
 	"strconv"
@@ -103,14 +104,55 @@ type ClientStats struct {
 // record is the state behind the Server's read methods; every field is
 // guarded by Server.mu.
 type record struct {
-	conns    []Connection
-	messages []Message
-	replies  []RecordedReply
+	conns    chunked[Connection]
+	messages chunked[Message]
+	replies  chunked[RecordedReply]
 	stats    map[string]*ClientStats
 	maxAll   int
 	openAll  int
-	events   []connEvent // opens and closes, in order
-	seq      int         // orders events and replies
+	accepted int                // messages, Dropped excluded
+	events   chunked[connEvent] // opens and closes, in order
+	seq      int                // orders events and replies
+}
+
+// chunked is an append-only list in fixed-size chunks: appending never
+// copies what is stored (a long run records hundreds of thousands of
+// replies), and pointers to elements stay valid.
+type chunked[T any] struct {
+	chunks [][]T
+	n      int
+}
+
+const chunkLen = 1024
+
+func (c *chunked[T]) add(v T) *T {
+	if c.n%chunkLen == 0 {
+		c.chunks = append(c.chunks, make([]T, 0, chunkLen))
+	}
+	last := &c.chunks[len(c.chunks)-1]
+	*last = append(*last, v)
+	c.n++
+	return &(*last)[len(*last)-1]
+}
+
+func (c *chunked[T]) all() iter.Seq[*T] {
+	return func(yield func(*T) bool) {
+		for _, ch := range c.chunks {
+			for i := range ch {
+				if !yield(&ch[i]) {
+					return
+				}
+			}
+		}
+	}
+}
+
+func (c *chunked[T]) clone() []T {
+	out := make([]T, 0, c.n)
+	for _, ch := range c.chunks {
+		out = append(out, ch...)
+	}
+	return out
 }
 
 func (r *record) next() int {
@@ -138,14 +180,14 @@ func (r *record) client(id string) *ClientStats {
 func (s *Server) Connections() []Connection {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.rec.conns)
+	return s.rec.conns.clone()
 }
 
 // Messages returns every message taken in so far, in order.
 func (s *Server) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := slices.Clone(s.rec.messages)
+	out := s.rec.messages.clone()
 	for i := range out {
 		out[i].To = slices.Clone(out[i].To)
 	}
@@ -156,20 +198,14 @@ func (s *Server) Messages() []Message {
 func (s *Server) Replies() []RecordedReply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.rec.replies)
+	return s.rec.replies.clone()
 }
 
 // MessageCount returns the number of messages accepted (Dropped excluded).
 func (s *Server) MessageCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := 0
-	for _, m := range s.rec.messages {
-		if !m.Dropped {
-			n++
-		}
-	}
-	return n
+	return s.rec.accepted
 }
 
 // Received returns the accepted messages (Dropped excluded) that had rcpt
@@ -241,7 +277,7 @@ func (s *Server) MaxConcurrencySince(client string, t time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	open, peak := 0, 0
-	for _, e := range s.rec.events {
+	for e := range s.rec.events.all() {
 		if client != "" && e.client != client {
 			continue
 		}
@@ -266,7 +302,7 @@ func (s *Server) MaxConcurrencyAfter(client string, r RecordedReply) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	open, peak := 0, 0
-	for _, e := range s.rec.events {
+	for e := range s.rec.events.all() {
 		if client != "" && e.client != client {
 			continue
 		}
@@ -301,9 +337,9 @@ func (s *Server) CountCode(client string, code int) int {
 func (s *Server) FirstReply(c Cause) (RecordedReply, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, r := range s.rec.replies {
+	for r := range s.rec.replies.all() {
 		if r.Cause == c {
-			return r, true
+			return *r, true
 		}
 	}
 	return RecordedReply{}, false
@@ -313,8 +349,8 @@ func (s *Server) count(client string, match func(RecordedReply) bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for _, r := range s.rec.replies {
-		if (client == "" || r.Client == client) && match(r) {
+	for r := range s.rec.replies.all() {
+		if (client == "" || r.Client == client) && match(*r) {
 			n++
 		}
 	}
@@ -345,7 +381,7 @@ func parseReplyLine(line string) (code int, final bool, rest string, ok bool) {
 // splitEnhanced removes a leading enhanced code from a reply line's text.
 func splitEnhanced(text string) (enhanced, rest string) {
 	head, tail, _ := strings.Cut(text, " ")
-	if _, err := parseEnhanced(head); err == nil {
+	if isEnhanced(head) {
 		return head, tail
 	}
 	return "", text

@@ -1,6 +1,7 @@
 package delivertest
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -259,10 +261,10 @@ func (s *Server) admit(raw net.Conn) *serverConn {
 		return nil
 	}
 	s.nextID++
-	c := &serverConn{Conn: raw, s: s, id: s.nextID, client: client, idx: len(s.rec.conns)}
+	c := &serverConn{Conn: raw, s: s, id: s.nextID, client: client}
 	s.open[c] = struct{}{}
-	s.rec.conns = append(s.rec.conns, Connection{ID: c.id, Client: client, Start: now})
-	s.rec.events = append(s.rec.events, connEvent{now, s.rec.next(), client, +1})
+	c.rec = s.rec.conns.add(Connection{ID: c.id, Client: client, Start: now})
+	s.rec.events.add(connEvent{now, s.rec.next(), client, +1})
 	st := s.rec.client(client)
 	st.Connections++
 	cs := s.clientLocked(client)
@@ -289,7 +291,7 @@ func (s *Server) admit(raw net.Conn) *serverConn {
 		c.admitted = true
 		return c
 	}
-	s.rec.conns[c.idx].Refused = true
+	c.rec.Refused = true
 	st.Refused++
 	s.wg.Add(1)
 	go func() {
@@ -352,7 +354,7 @@ func (s *Server) messageLimitsLocked(c *serverConn, now time.Time) (Reply, Cause
 	if now.Before(cs.penaltyUntil) {
 		return cs.penaltyReply, CausePenalty, true
 	}
-	if lim.MaxMessagesPerConnection > 0 && s.rec.conns[c.idx].Messages >= lim.MaxMessagesPerConnection {
+	if lim.MaxMessagesPerConnection > 0 && c.rec.Messages >= lim.MaxMessagesPerConnection {
 		return lim.MaxMessagesReply.or(DefaultMaxMessagesReply), CauseMaxMessages, true
 	}
 	if r := lim.MessageRate; r.enabled() {
@@ -392,8 +394,8 @@ func (s *Server) connClosed(c *serverConn) {
 	defer s.mu.Unlock()
 	now := time.Now()
 	delete(s.open, c)
-	s.rec.conns[c.idx].End = now
-	s.rec.events = append(s.rec.events, connEvent{now, s.rec.next(), c.client, -1})
+	c.rec.End = now
+	s.rec.events.add(connEvent{now, s.rec.next(), c.client, -1})
 	cs := s.clientLocked(c.client)
 	cs.present--
 	if c.admitted {
@@ -424,7 +426,7 @@ func (s *Server) recordReply(c *serverConn, code int, enhanced, text string, cau
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
-	s.rec.replies = append(s.rec.replies, RecordedReply{
+	s.rec.replies.add(RecordedReply{
 		Time: now, ConnID: c.id, Client: c.client, Code: code, Enhanced: enhanced, Text: text, Cause: cause,
 		Seq: s.rec.next(),
 	})
@@ -443,7 +445,7 @@ type serverConn struct {
 	net.Conn // the raw connection, under any TLS
 	s        *Server
 	id       int
-	idx      int // in s.rec.conns
+	rec      *Connection // its record; guarded by s.mu
 	client   string
 	admitted bool
 
@@ -492,47 +494,62 @@ func (c *serverConn) Write(p []byte) (int, error) {
 // parse records the replies in the bytes written (go-smtp flushes one line
 // per Write, but nothing here depends on that).
 func (c *serverConn) parse(p []byte) {
+	if len(c.partial) == 0 && len(c.lines) == 0 && len(p) >= 5 && p[3] == ' ' &&
+		bytes.IndexByte(p, '\n') == len(p)-1 {
+		// The usual case: one whole single-line reply.
+		c.parseLine(string(bytes.TrimSuffix(p[:len(p)-1], []byte{'\r'})))
+		return
+	}
 	c.partial = append(c.partial, p...)
 	for {
-		i := indexNL(c.partial)
+		i := bytes.IndexByte(c.partial, '\n')
 		if i < 0 {
 			return
 		}
-		line := string(c.partial[:i])
+		line := string(bytes.TrimSuffix(c.partial[:i], []byte{'\r'}))
 		c.partial = c.partial[i+1:]
-		if len(line) > 0 && line[len(line)-1] == '\r' {
-			line = line[:len(line)-1]
-		}
-		code, final, rest, ok := parseReplyLine(line)
-		if !ok {
-			c.lines = c.lines[:0]
-			c.finish(0, "", line)
-			continue
-		}
-		c.lines = append(c.lines, rest)
-		if !final {
-			continue
-		}
-		var enhanced string
-		text := ""
-		for j, l := range c.lines {
-			e, t := splitEnhanced(l)
-			if j == len(c.lines)-1 {
-				enhanced = e
-			}
-			if j > 0 {
-				text += "\n"
-			}
-			text += t
-		}
-		c.lines = c.lines[:0]
-		c.finish(code, enhanced, text)
-		if code == 220 && c.nreplies > 1 {
-			c.encrypted = true // go-smtp's "220 Ready to start TLS"
+		if c.parseLine(line) {
 			c.partial = nil
 			return
 		}
 	}
+}
+
+// parseLine takes one line of a reply; it reports whether the wire turned
+// to TLS after it.
+func (c *serverConn) parseLine(line string) (encrypted bool) {
+	code, final, rest, ok := parseReplyLine(line)
+	if !ok {
+		c.lines = c.lines[:0]
+		c.finish(0, "", line)
+		return false
+	}
+	c.lines = append(c.lines, rest)
+	if !final {
+		return false
+	}
+	var enhanced, text string
+	if len(c.lines) == 1 {
+		enhanced, text = splitEnhanced(rest)
+	} else {
+		var b strings.Builder
+		for j, l := range c.lines {
+			e, t := splitEnhanced(l)
+			if j > 0 {
+				b.WriteByte('\n')
+			}
+			b.WriteString(t)
+			enhanced = e
+		}
+		text = b.String()
+	}
+	c.lines = c.lines[:0]
+	c.finish(code, enhanced, text)
+	if code == 220 && c.nreplies > 1 {
+		c.encrypted = true // go-smtp's "220 Ready to start TLS"
+		return true
+	}
+	return false
 }
 
 func (c *serverConn) finish(code int, enhanced, text string) {
@@ -544,15 +561,6 @@ func (c *serverConn) finish(code int, enhanced, text string) {
 		c.closeAfter = false
 		c.Close()
 	}
-}
-
-func indexNL(b []byte) int {
-	for i, x := range b {
-		if x == '\n' {
-			return i
-		}
-	}
-	return -1
 }
 
 // hang reads and discards until the client or the server closes.

@@ -967,3 +967,10 @@ func TestFaultsUnderTLS(t *testing.T) {
 		})
 	}
 }
+
+func TestIsEnhancedAgreesWithParse(t *testing.T) {
+	for _, s := range []string{"4.4.5", "2.0.0", "5.7.650", "4.7.1000", "3.0.0", "4.4", "4..5", ".4.5", "4.4.5.", "44.4.5", "4.a.5", "", "Server", "4.4.5x"} {
+		_, err := parseEnhanced(s)
+		assert.Equal(t, err == nil, isEnhanced(s), s)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -14,6 +15,9 @@ import (
 )
 
 type backend struct{ s *Server }
+
+// bufPool holds body buffers: the record keeps an exact-size copy.
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // connOf finds our connection under go-smtp's, TLS or not.
 func connOf(c *smtp.Conn) *serverConn {
@@ -34,7 +38,7 @@ func (b backend) NewSession(conn *smtp.Conn) (smtp.Session, error) {
 	}
 	if _, ok := conn.TLSConnectionState(); ok {
 		b.s.mu.Lock()
-		b.s.rec.conns[c.idx].TLS = true
+		c.rec.TLS = true
 		b.s.mu.Unlock()
 	}
 	ss := &session{s: b.s, c: c}
@@ -108,9 +112,13 @@ func (ss *session) refuse(cause Cause, r Reply) error {
 }
 
 // accepted records, after STARTTLS, the 250 go-smtp is about to send (its
-// text cannot be read on the wire any more).
-func (ss *session) accepted(text string) error {
+// text cannot be read on the wire any more): format and arg make its text.
+func (ss *session) accepted(format, arg string) error {
 	if ss.c.encrypted {
+		text := format
+		if arg != "" {
+			text = fmt.Sprintf(format, arg)
+		}
 		ss.s.recordReply(ss.c, 250, "2.0.0", text, CauseNone)
 	}
 	return nil
@@ -135,7 +143,7 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	}
 	ss.from = from
 	ss.to = ss.to[:0]
-	return ss.accepted(fmt.Sprintf("Roger, accepting mail from <%v>", from))
+	return ss.accepted("Roger, accepting mail from <%v>", from)
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -164,7 +172,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 	}
 	ss.to = append(ss.to, to)
-	return ss.accepted(fmt.Sprintf("I'll make sure <%v> gets this", to))
+	return ss.accepted("I'll make sure <%v> gets this", to)
 }
 
 func (ss *session) Data(r io.Reader) error {
@@ -186,7 +194,9 @@ func (ss *session) Data(r io.Reader) error {
 		return ss.fault(f)
 	}
 
-	var buf bytes.Buffer
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer bufPool.Put(buf)
+	buf.Reset()
 	var err error
 	if ss.s.cfg.DiscardData {
 		_, err = io.Copy(io.Discard, r)
@@ -206,14 +216,15 @@ func (ss *session) Data(r io.Reader) error {
 	if f == nil || f.Action == ActionDrop || f.Action == ActionHang {
 		var data []byte
 		if !ss.s.cfg.DiscardData {
-			data = buf.Bytes()
+			data = bytes.Clone(buf.Bytes())
 		}
-		ss.s.rec.messages = append(ss.s.rec.messages, Message{
+		ss.s.rec.messages.add(Message{
 			ConnID: ss.c.id, Client: ss.c.client, From: ss.from, To: append([]string(nil), ss.to...),
 			Data: data, Time: time.Now(), Dropped: f != nil,
 		})
 		if f == nil {
-			ss.s.rec.conns[ss.c.idx].Messages++
+			ss.c.rec.Messages++
+			ss.s.rec.accepted++
 			ss.s.rec.client(ss.c.client).Messages++
 		}
 	}
@@ -221,7 +232,7 @@ func (ss *session) Data(r io.Reader) error {
 	if f != nil {
 		return ss.fault(f)
 	}
-	return ss.accepted("OK: queued")
+	return ss.accepted("OK: queued", "")
 }
 
 // garbageDuringBody writes garbage while the client is still sending its
@@ -258,7 +269,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			return smtp.ErrAuthFailed
 		}
 		ss.s.mu.Lock()
-		ss.s.rec.conns[ss.c.idx].User = username
+		ss.c.rec.User = username
 		ss.s.mu.Unlock()
 		return nil
 	}), nil
