@@ -396,7 +396,7 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 	}
 	ss.track.SetWriteDeadline(time.Now().Add(to.DataBlock)) // the final dot
 	c.SubmissionTimeout = to.DataEnd
-	_, err = w.CloseWithResponse()
+	resp, err := w.CloseWithResponse()
 	if err != nil {
 		o := failed(err)
 		var se *smtp.SMTPError
@@ -411,7 +411,16 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 	for _, i := range accepted {
 		res[i].delivered = true
 	}
-	return res, outcome{reply: smtpcode.Reply{Code: 250}}
+	return res, outcome{reply: okReply(resp.StatusText)}
+}
+
+// okReply is the 250 reply to the final dot, with its text (which often
+// carries the receiver's queue ID).
+func okReply(text string) smtpcode.Reply {
+	if r, err := smtpcode.Parse("250 " + text); err == nil && r.Code == 250 {
+		return r
+	}
+	return smtpcode.Reply{Code: 250, Text: text}
 }
 
 // reset sends RSET after a transaction that did not complete. go-smtp's

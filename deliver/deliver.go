@@ -654,7 +654,10 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			}
 			last = o
 			s.feedbackConnect(keys[2], p, o)
-			if ctx.Err() != nil || siteThrottled(o) || (o.hasReply() && !o.class.Transient) {
+			// The next MX is tried after a network failure or a refusal
+			// (even a 5xx one: Postfix's smtp_skip_5xx_greeting), but not
+			// after a throttle of the whole site.
+			if ctx.Err() != nil || siteThrottled(o) {
 				break
 			}
 		}

@@ -114,6 +114,7 @@ func TestSendDelivers(t *testing.T) {
 		for _, r := range res {
 			assert.Equal(t, Delivered, r.Status, "%+v", r)
 			assert.Equal(t, 250, r.Reply.Code)
+			assert.NotEmpty(t, r.Reply.Text, "the receiver's text (queue ID) is kept")
 			assert.Equal(t, 1, r.Attempts)
 		}
 		assert.Equal(t, "a@example.test", res[2].Recipient)
@@ -256,10 +257,19 @@ func TestSendReceiverFaults(t *testing.T) {
 	}
 }
 
-func TestSendNextMXOn421Greeting(t *testing.T) {
+func TestSendNextMXOnGreetingRefusal(t *testing.T) {
+	for _, reply := range []delivertest.Reply{
+		{Code: 421, Enhanced: "4.3.2", Text: "System not accepting network messages"},
+		{Code: 554, Enhanced: "5.3.2", Text: "No SMTP service here"},
+	} {
+		t.Run(reply.String(), func(t *testing.T) { testNextMX(t, reply) })
+	}
+}
+
+func testNextMX(t *testing.T, reply delivertest.Reply) {
 	synctest.Test(t, func(t *testing.T) {
 		bad := newPipeServer(t, delivertest.Config{Faults: []delivertest.Fault{{Step: delivertest.StepConnect, Action: delivertest.ActionReply,
-			Reply: delivertest.Reply{Code: 421, Enhanced: "4.3.2", Text: "System not accepting network messages"}}}})
+			Reply: reply}}})
 		good := newPipeServer(t, delivertest.Config{})
 		h := newHarness(t, good, func(c *Config) {
 			c.Routes = map[string][]string{"example.test": {bad.Addr(), good.Addr()}}
