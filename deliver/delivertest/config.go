@@ -358,8 +358,8 @@ type Config struct {
 	Faults  []Fault
 
 	// StartTLS offers STARTTLS with a certificate generated at start for
-	// Domain, TLSHostnames, "localhost" and 127.0.0.1 (Server.ClientTLSConfig
-	// trusts it).
+	// Domain, TLSHostnames, "localhost", the loopback IPs and a pipe
+	// server's host name (Server.ClientTLSConfig and CertPool trust it).
 	StartTLS     bool
 	TLSHostnames []string
 

@@ -69,8 +69,8 @@ type Message struct {
 	Data   []byte // nil with Config.DiscardData
 	Time   time.Time
 	// Dropped: the whole body and final dot arrived but the receiver
-	// dropped or hung the connection before replying (a StepDot fault), so
-	// the client cannot know it was delivered.
+	// dropped or hung the connection, or answered garbage, instead of a
+	// reply (a StepDot fault), so the client cannot know it was delivered.
 	Dropped bool
 }
 

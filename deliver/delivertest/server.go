@@ -135,7 +135,11 @@ func newServer(cfg Config, addr string) (*Server, error) {
 	ss.MaxMessageBytes = cfg.MaxMessageBytes
 	ss.ReadTimeout = cfg.IdleTimeout
 	if cfg.StartTLS {
-		tc, pool, err := newTestTLS(s.domain, cfg.TLSHostnames)
+		names := cfg.TLSHostnames
+		if host, _, err := net.SplitHostPort(addr); err == nil && net.ParseIP(host) == nil {
+			names = append(names, host) // a pipe server's name, which a client may verify
+		}
+		tc, pool, err := newTestTLS(s.domain, names)
 		if err != nil {
 			return nil, err
 		}

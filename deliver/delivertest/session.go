@@ -213,7 +213,7 @@ func (ss *session) Data(r io.Reader) error {
 
 	ss.s.mu.Lock()
 	f = ss.s.matchFaultLocked(StepDot, ss.c.client, "")
-	if f == nil || f.Action == ActionDrop || f.Action == ActionHang {
+	if f == nil || f.Action != ActionReply { // no valid reply: the client cannot know
 		var data []byte
 		if !ss.s.cfg.DiscardData {
 			data = bytes.Clone(buf.Bytes())
