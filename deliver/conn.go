@@ -2,6 +2,7 @@ package deliver
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -52,9 +53,10 @@ var errTLSUnavailable = errors.New("deliver: TLS required but not available")
 // known to be "possibly delivered".
 type trackConn struct {
 	net.Conn
-	prefix []byte
-	tail   [5]byte
-	ntail  int
+	prefix  []byte
+	swallow bool
+	tail    [5]byte
+	ntail   int
 }
 
 func (t *trackConn) Read(b []byte) (int, error) {
@@ -67,6 +69,19 @@ func (t *trackConn) Read(b []byte) (int, error) {
 }
 
 func (t *trackConn) Write(b []byte) (int, error) {
+	if t.swallow {
+		// Drop the first command line (go-smtp's EHLO, answered already).
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		t.swallow = false
+		if i+1 == len(b) {
+			return len(b), nil
+		}
+		n, err := t.Write(b[i+1:])
+		return i + 1 + n, err
+	}
 	n, err := t.Conn.Write(b)
 	for _, c := range b[:n] {
 		copy(t.tail[:], t.tail[1:])
@@ -165,6 +180,7 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 		return fail(s.errOutcome(ctx, err))
 	}
 
+	var ehloReply string // our EHLO's reply, replayed to go-smtp when TLS did not follow
 	policy := s.cfg.TLS
 	if s.cfg.Smarthost != nil && s.cfg.Smarthost.Auth != nil && !s.cfg.Smarthost.AllowInsecureAuth && policy == TLSOpportunistic {
 		policy = TLSRequired // credentials never go in clear
@@ -179,6 +195,7 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 		var te *textproto.Error
 		switch {
 		case err == nil:
+			ehloReply = msg
 			for _, line := range strings.Split(msg, "\n")[1:] {
 				if kw, _, _ := strings.Cut(line, " "); strings.EqualFold(kw, "STARTTLS") {
 					offered = true
@@ -224,12 +241,26 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 
 	// Hand the connection to go-smtp. Its client insists on reading a
 	// greeting first: replay one, plus anything the server pipelined.
+	// Without TLS after our EHLO, replay its reply too and swallow
+	// go-smtp's EHLO command, so that no round trip is repeated.
 	prefix := []byte("220 greeting already read\r\n")
+	swallow := false
+	if !isTLS && ehloReply != "" {
+		lines := strings.Split(ehloReply, "\n")
+		for i, l := range lines {
+			sep := "-"
+			if i == len(lines)-1 {
+				sep = " "
+			}
+			prefix = append(prefix, "250"+sep+l+"\r\n"...)
+		}
+		swallow = true
+	}
 	if br != nil && br.Buffered() > 0 {
 		extra, _ := br.Peek(br.Buffered())
 		prefix = append(prefix, extra...)
 	}
-	track := &trackConn{Conn: conn, prefix: prefix}
+	track := &trackConn{Conn: conn, prefix: prefix, swallow: swallow}
 	c := smtp.NewClient(track)
 	c.CommandTimeout = to.Hello
 	c.SubmissionTimeout = to.DataEnd

@@ -332,13 +332,38 @@ func TestSendTLS(t *testing.T) {
 	}
 }
 
+// countConn counts the commands written that start with a prefix.
+type countConn struct {
+	net.Conn
+	prefix string
+	n      *atomic.Int64
+}
+
+func (c *countConn) Write(b []byte) (int, error) {
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if strings.HasPrefix(line, c.prefix) {
+			c.n.Add(1)
+		}
+	}
+	return c.Conn.Write(b)
+}
+
 func TestSendOpportunisticWithoutSTARTTLS(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv := newPipeServer(t, delivertest.Config{})
-		h := newHarness(t, srv, func(c *Config) { c.TLS = TLSOpportunistic })
+		var ehlos atomic.Int64
+		h := newHarness(t, srv, func(c *Config) {
+			c.TLS = TLSOpportunistic
+			dial := pipeDial(nil)
+			c.Dial = func(ctx context.Context, network, addr string, src netip.Addr) (net.Conn, error) {
+				conn, err := dial(ctx, network, addr, src)
+				return &countConn{Conn: conn, prefix: "EHLO ", n: &ehlos}, err
+			}
+		})
 		res, err := h.s.Send(t.Context(), msg("a@example.test"))
 		require.NoError(t, err)
 		assert.Equal(t, Delivered, res[0].Status, "%+v", res[0])
+		assert.Equal(t, int64(1), ehlos.Load(), "one EHLO: its reply is replayed to go-smtp")
 		h.close()
 	})
 }
