@@ -3,9 +3,13 @@ package smtpcode
 import "strings"
 
 // String returns a short form for logs:
-// "transient rate_limit scope=connection rule=gmail-4.7.28 retry_after=30s".
+// "transient rate_limit scope=connection rule=gmail-4.7.28 retry_after=30s",
+// or "success rule=rfc5321-success" for a positive reply.
 func (c Classification) String() string {
 	var b strings.Builder
+	if c.Rule == RuleSuccess || c.Rule == RuleNoError {
+		return "success rule=" + c.Rule
+	}
 	if c.Transient {
 		b.WriteString("transient ")
 	} else {

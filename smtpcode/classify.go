@@ -62,7 +62,8 @@ type Rule struct {
 
 // Classifier classifies replies with a list of rules tried in order, then
 // the enhanced code, then the basic code. It is immutable once built and
-// safe for concurrent use.
+// safe for concurrent use. A nil or zero Classifier behaves as the default
+// one (Classify).
 type Classifier struct {
 	rules  []compiledRule
 	byEnh  map[uint16][]int32 // subject*1000+detail → rules indexed by enhanced code
@@ -189,10 +190,14 @@ var defaultClassifier = newClassifier(defaultRules)
 // then the enhanced code, then the basic code.
 func Classify(r Reply) Classification { return defaultClassifier.Classify(r) }
 
-// Rule names of the decisions that no rule made.
+// Rule names that callers may want to recognise.
 const (
-	RuleSuccess           = "rfc5321-success" // 2xx and 3xx replies
-	RuleMalformed         = "malformed"       // no basic and no enhanced code
+	// RuleSuccess: a 2xx or 3xx reply; not a failure at all.
+	RuleSuccess = "rfc5321-success"
+	// RuleMalformed: no basic and no enhanced code; always transient.
+	RuleMalformed = "malformed"
+	// RuleTooManyRecipients: "552 Too many recipients", transient by
+	// RFC 5321 4.5.3.1.10 although 5xx.
 	RuleTooManyRecipients = "rfc5321-552-too-many-recipients"
 )
 
@@ -200,6 +205,9 @@ const (
 // are not transient, Category Other, Rule RuleSuccess. See the package
 // documentation for the order of precedence.
 func (c *Classifier) Classify(r Reply) Classification {
+	if c == nil || c.byEnh == nil {
+		c = defaultClassifier
+	}
 	class := r.class()
 	switch class {
 	case 2, 3:

@@ -2,6 +2,7 @@ package smtpcode
 
 import (
 	"encoding/json"
+	"io"
 	"testing"
 	"time"
 
@@ -244,4 +245,18 @@ func TestConcurrentClassify(t *testing.T) {
 	for range 4 {
 		<-done
 	}
+}
+
+func TestSuccessString(t *testing.T) {
+	assert.Equal(t, "success rule=rfc5321-success", Classify(MustParse("250 2.0.0 OK")).String())
+	assert.Equal(t, "success rule=no-error", ClassifyError(nil).String())
+}
+
+func TestNilAndZeroClassifier(t *testing.T) {
+	var nilC *Classifier
+	var zero Classifier
+	r := MustParse("421 4.7.28 rate")
+	assert.Equal(t, Classify(r), nilC.Classify(r))
+	assert.Equal(t, Classify(r), zero.Classify(r))
+	assert.Equal(t, ClassifyError(io.EOF), nilC.ClassifyError(io.EOF))
 }

@@ -93,6 +93,9 @@ const (
 	// RuleUnknownError: an error that is neither a reply nor a known
 	// network failure. Never permanent: it may be anything.
 	RuleUnknownError = "unknown-error"
+	// RuleProtocolError: the server's answer was not a valid SMTP reply
+	// (net/textproto.ProtocolError): Transient, Category Other.
+	RuleProtocolError = "protocol-error"
 	// RuleNoError: ClassifyError(nil).
 	RuleNoError = "no-error"
 )
@@ -112,6 +115,8 @@ func ClassifyError(err error) Classification { return defaultClassifier.Classify
 //     RuleContextDeadline or RuleNetwork.
 //   - certificate errors (unknown authority, wrong host name, expired):
 //     Transient, Category TLS, Rule RuleTLS.
+//   - a reply that is not valid SMTP (textproto.ProtocolError): Transient,
+//     Category Other, Rule RuleProtocolError.
 //   - anything else: Transient, Category Other, Rule RuleUnknownError.
 //
 // Only a receiver's reply can make a failure permanent; err itself stays
@@ -130,6 +135,9 @@ func (c *Classifier) ClassifyError(err error) Classification {
 	case errors.Is(err, context.DeadlineExceeded):
 		network.Rule = RuleContextDeadline
 		return network
+	}
+	if _, ok := errors.AsType[textproto.ProtocolError](err); ok {
+		return Classification{Transient: true, Category: Other, Scope: ScopeConnection, Rule: RuleProtocolError}
 	}
 	if isCertificateError(err) {
 		return Classification{Transient: true, Category: TLS, Scope: ScopeConnection, Rule: RuleTLS}

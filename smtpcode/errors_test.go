@@ -168,6 +168,7 @@ func TestClassifyError(t *testing.T) {
 		{"tls plain error", errors.New("tls: handshake failure"), true, Network, RuleNetwork},
 		{"certificate", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, true, TLS, RuleTLS},
 		{"hostname", x509.HostnameError{Host: "mx.example.org", Certificate: &x509.Certificate{}}, true, TLS, RuleTLS},
+		{"protocol error", fmt.Errorf("ehlo: %w", textproto.ProtocolError("short response: 25")), true, Other, RuleProtocolError},
 		{"unknown", errors.New("something odd"), true, Other, RuleUnknownError},
 	}
 	for _, tt := range tests {
