@@ -1,6 +1,7 @@
 package delivertest_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log"
@@ -117,4 +118,41 @@ func ExampleFault() {
 	// Output:
 	// client saw an SMTP reply: false
 	// receiver got it: [b@example.com] dropped before replying: true
+}
+
+// A Dialer routes by address among in-memory receivers, so one dial hook
+// serves a sender that talks to several of them, and passes the sending IP
+// the receivers key their limits by. (Inside testing/synctest the same code
+// runs in fake time.)
+func ExampleDialer() {
+	gmail, err := delivertest.NewPipeServer(delivertest.Config{Addr: "mx.gmail.example:25"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer gmail.Close()
+	yahoo, err := delivertest.NewPipeServer(delivertest.Config{Addr: "mta.yahoo.example:25"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer yahoo.Close()
+
+	dial := delivertest.Dialer{Identity: "192.0.2.10"}.DialContext
+	for _, addr := range []string{"mx.gmail.example:25", "mta.yahoo.example:25", "mta.yahoo.example:25"} {
+		conn, err := dial(context.Background(), "tcp", addr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		c := smtp.NewClient(conn)
+		if err := c.SendMail("a@example.org", []string{"b@example.com"}, strings.NewReader("Subject: hi\r\n\r\nhi\r\n")); err != nil {
+			log.Fatal(err)
+		}
+		c.Quit()
+	}
+	gmail.WaitIdle(context.Background())
+	yahoo.WaitIdle(context.Background())
+	fmt.Println("gmail:", gmail.MessageCount(), "from", gmail.ClientNames())
+	fmt.Println("yahoo:", yahoo.MessageCount(), "from", yahoo.ClientNames())
+	// Output:
+	// gmail: 1 from [192.0.2.10]
+	// yahoo: 2 from [192.0.2.10]
 }
