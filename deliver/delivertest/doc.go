@@ -79,6 +79,26 @@
 // does; replies go-smtp writes carry it on the last line only. Both layouts
 // exist in the wild, and a client should read both.
 //
+// # Defaults
+//
+// Where a Config field is zero:
+//
+//   - Addr: 127.0.0.1:0 on TCP (a free port); "pipe-N.delivertest.invalid:25"
+//     for a pipe server. Domain: "mx.delivertest.invalid" (RFC 2606 names).
+//   - Limits: none. Rate.Burst 0 is 1. Greylist.Delay 0 is off (postgrey's
+//     own default is 5 minutes).
+//   - DefaultConnectionsReply 421 4.4.5 (RFC 3463 "mail system congestion",
+//     as Gmail uses it); DefaultConnectionRateReply and
+//     DefaultMessageRateReply 421 4.7.0 (Postfix's anvil limits answer 421
+//     4.7.0 too); DefaultMaxMessagesReply 421 4.7.0;
+//     DefaultMaxRecipientsReply 452 4.5.3 "Error: too many recipients"
+//     (Postfix smtpd); DefaultGreylistReply 451 4.7.1 "Greylisting in
+//     action, please come back later" (milter-greylist).
+//   - No latency, no faults, no STARTTLS, no AUTH, no size limit, no idle
+//     timeout (go-smtp answers 421 4.4.2 when one is set); SMTPUTF8 is
+//     offered (go-smtp's EnableSMTPUTF8).
+//   - A client without an identity is DefaultIdentity (127.0.0.1) on pipes.
+//
 // # The record
 //
 // Everything the server sees is recorded, and the accessors (Connections,

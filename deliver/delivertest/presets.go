@@ -2,10 +2,12 @@ package delivertest
 
 import "time"
 
-// Replies of the providers, as they send them. Sources: Google's SMTP error
-// reference (support.google.com/a/answer/3726730) and the labelled real
+// Replies of the providers, as they send them. Sources: the labelled real
 // replies in the project's shared testdata (replies.tsv: sisimai's corpus of
-// bounces). "{client}" stands for the sending IP they quote.
+// bounces), marked so below; Google's SMTP error reference
+// (support.google.com/a/answer/3726730) for 421 4.4.5; replies seen in
+// senders' logs for 421 4.7.28 and Exchange's 421 4.3.2. "{client}" stands
+// for the sending IP they quote.
 var (
 	// GmailConcurrencyReply: too many connections from one IP at once.
 	GmailConcurrencyReply = Reply{421, "4.4.5", "Server busy, try again later. - gsmtp"}
