@@ -47,6 +47,9 @@ var (
 // errTLSUnavailable is the error behind replyTLSUnavailable.
 var errTLSUnavailable = errors.New("deliver: TLS required but not available")
 
+// errHandshake marks a failed STARTTLS handshake.
+var errHandshake = errors.New("deliver: TLS handshake failed")
+
 // trackConn is the net.Conn go-smtp's client talks through. It replays
 // bytes already read (the greeting we read ourselves) and remembers the
 // last bytes written, so that a connection lost after the final dot is
@@ -127,7 +130,10 @@ type permit interface {
 // dialSession connects to h and runs greeting, EHLO, STARTTLS and AUTH.
 // On failure it returns the outcome and closes everything it opened; it
 // does not release p.
-func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src netip.Addr, p permit) (*session, *outcome) {
+//
+// plain skips STARTTLS: the retry after a failed handshake under the
+// opportunistic policy.
+func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src netip.Addr, p permit, plain bool) (*session, *outcome) {
 	to := s.timeouts
 	start := time.Now()
 	info := ConnectInfo{Site: rt.site, Host: h.name, SourceIP: src}
@@ -185,6 +191,9 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 	if s.cfg.Smarthost != nil && s.cfg.Smarthost.Auth != nil && !s.cfg.Smarthost.AllowInsecureAuth && policy == TLSOpportunistic {
 		policy = TLSRequired // credentials never go in clear
 	}
+	if plain && policy == TLSOpportunistic {
+		policy = TLSNone
+	}
 	if !isTLS && policy != TLSNone {
 		conn.SetDeadline(time.Now().Add(to.Hello))
 		offered := false
@@ -220,7 +229,7 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 				}
 				tc := tls.Client(conn, tlsConfig)
 				if err := tc.HandshakeContext(ctx); err != nil {
-					return fail(s.errOutcome(ctx, fmt.Errorf("deliver: TLS handshake with %s: %w", h.name, err)))
+					return fail(s.errOutcome(ctx, fmt.Errorf("%w with %s: %w", errHandshake, h.name, err)))
 				}
 				conn, isTLS = tc, true
 				br = nil

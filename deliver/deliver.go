@@ -646,7 +646,12 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		var last *outcome
 		for i := range rt.hosts {
 			h := rt.hosts[(hostStart+i)%len(rt.hosts)]
-			ss, o := s.dialSession(ctx, rt, h, src, p)
+			ss, o := s.dialSession(ctx, rt, h, src, p, false)
+			if ss == nil && errors.Is(o.err, errHandshake) && s.cfg.TLS == TLSOpportunistic && ctx.Err() == nil {
+				// Opportunistic TLS is no reason not to deliver: once more
+				// in clear, as Postfix does at its "may" level.
+				ss, o = s.dialSession(ctx, rt, h, src, p, true)
+			}
 			if ss != nil {
 				s.learn.dialed(k, true, false)
 				s.lim.feedback(keys[2], governor.Signal{Kind: governor.Success, Started: p.Acquired()})

@@ -3,6 +3,7 @@ package deliver
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -225,4 +226,35 @@ func TestSendNoLogger(t *testing.T) {
 		assert.Equal(t, Delivered, out[0].Status)
 		h.close()
 	})
+}
+
+func TestSendTLSHandshakeFailure(t *testing.T) {
+	for _, tt := range []struct {
+		policy TLSPolicy
+		want   Status
+		conns  int
+	}{
+		{TLSOpportunistic, Delivered, 2}, // the retry goes in clear
+		{TLSRequired, Deferred, DefaultMaxAttempts}, // each attempt fails the handshake
+	} {
+		t.Run(tt.policy.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := newPipeServer(t, delivertest.Config{StartTLS: true})
+				h := newHarness(t, srv, func(c *Config) {
+					c.TLS = tt.policy
+					c.TLSConfig = &tls.Config{} // system roots: the test certificate fails
+				})
+				out, err := h.s.Send(t.Context(), msg("a@example.test"))
+				require.NoError(t, err)
+				assert.Equal(t, tt.want, out[0].Status, "%+v", out[0])
+				if tt.want == Deferred {
+					assert.ErrorIs(t, out[0].Err, errHandshake)
+					assert.Zero(t, srv.MessageCount())
+				}
+				h.close()
+				srv.Close()
+				assert.Len(t, srv.Connections(), tt.conns)
+			})
+		})
+	}
 }
