@@ -234,7 +234,7 @@ func TestSendTLSHandshakeFailure(t *testing.T) {
 		want   Status
 		conns  int
 	}{
-		{TLSOpportunistic, Delivered, 2}, // the retry goes in clear
+		{TLSOpportunistic, Delivered, 2},            // the retry goes in clear
 		{TLSRequired, Deferred, DefaultMaxAttempts}, // each attempt fails the handshake
 	} {
 		t.Run(tt.policy.String(), func(t *testing.T) {
