@@ -103,8 +103,8 @@
 //
 // Everything the server sees is recorded, and the accessors (Connections,
 // Messages, Replies, Stats, Clients, MaxConcurrency, MaxConcurrencySince,
-// MaxConcurrencyAfter, Throttled, CountCause, CountCode, FirstReply,
-// Received, MessageCount) are
+// MaxConcurrencyAfter, MeanConcurrency, Throttled, CountCause, CountCode,
+// FirstReply, Received, MessageCount) are
 // safe to call while clients are connected; they return copies. Replies are
 // recorded as they are written to the wire, each with its time and the
 // Cause that produced it (Cause.Throttling tells throttling replies apart).

@@ -314,6 +314,37 @@ func (s *Server) MaxConcurrencyAfter(client string, r RecordedReply) int {
 	return peak
 }
 
+// MeanConcurrency returns the time-weighted mean number of connections
+// client held open past the greeting (refused ones are left out) between
+// from and to; a zero to means now. The empty client means all clients. It
+// is the figure Postfix's SCHEDULER_README reports for its concurrency
+// experiments.
+func (s *Server) MeanConcurrency(client string, from, to time.Time) float64 {
+	if to.IsZero() {
+		to = time.Now()
+	}
+	if !to.After(from) {
+		return 0
+	}
+	var open time.Duration
+	for _, c := range s.Connections() {
+		if c.Refused || (client != "" && c.Client != client) {
+			continue
+		}
+		start, end := c.Start, c.End
+		if end.IsZero() || end.After(to) {
+			end = to
+		}
+		if start.Before(from) {
+			start = from
+		}
+		if end.After(start) {
+			open += end.Sub(start)
+		}
+	}
+	return open.Seconds() / to.Sub(from).Seconds()
+}
+
 // Throttled returns the number of throttling replies (Cause.Throttling) sent
 // to client; the empty client means all.
 func (s *Server) Throttled(client string) int {

@@ -981,3 +981,36 @@ func TestIsEnhancedAgreesWithParse(t *testing.T) {
 		assert.Equal(t, err == nil, isEnhanced(s), s)
 	}
 }
+
+func TestMeanConcurrency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, err := NewPipeServer(Config{Limits: Limits{MaxConnections: 2}})
+		require.NoError(t, err)
+		defer srv.Close()
+		t0 := time.Now()
+		a := dial(t, srv, "192.0.2.1")
+		require.NoError(t, a.Hello("x"))
+		time.Sleep(10 * time.Second)
+		b := dial(t, srv, "192.0.2.1")
+		require.NoError(t, b.Hello("x"))
+		refused := dial(t, srv, "192.0.2.1")
+		assert.Equal(t, 421, code(refused.Hello("x")), "refused connections do not count")
+		refused.Close()
+		o := dial(t, srv, "192.0.2.2")
+		require.NoError(t, o.Hello("x"))
+		time.Sleep(10 * time.Second)
+		require.NoError(t, a.Quit())
+		require.NoError(t, b.Quit())
+		require.NoError(t, o.Quit())
+		waitIdle(t, srv)
+		t1 := time.Now()
+		time.Sleep(20 * time.Second)
+
+		// 1 connection for 10 s, then 2 for 10 s: 1.5 on average.
+		assert.InDelta(t, 1.5, srv.MeanConcurrency("192.0.2.1", t0, t1), 1e-9)
+		assert.InDelta(t, 0.75, srv.MeanConcurrency("192.0.2.1", t0, time.Time{}), 1e-9, "to now")
+		assert.InDelta(t, 2.0, srv.MeanConcurrency("192.0.2.1", t0.Add(10*time.Second), t1), 1e-9)
+		assert.InDelta(t, 2.0, srv.MeanConcurrency("", t0, t1), 1e-9)
+		assert.Zero(t, srv.MeanConcurrency("", t1, t0))
+	})
+}
