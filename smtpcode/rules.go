@@ -83,8 +83,14 @@ var defaultRules = []Rule{
 	{Name: "microsoft-5.4.1-dbeb", Enhanced: ec(5, 4, 1), Contains: []string{"access denied"}, Category: UnknownUser},
 	{Name: "microsoft-5.1.10", Enhanced: ec(5, 1, 10), ContainsAny: []string{"recipientnotfound", "recipient not found"}, Category: UnknownUser},
 	{Name: "microsoft-x.4.31x-dns", Enhanced: ec(0, 4, 310), EnhancedTo: ec(0, 4, 312), Category: UnknownDomain},
-	{Name: "microsoft-5.7.1-block-list", Enhanced: ec(5, 7, 1), ContainsAny: []string{"block list", "as(", "(s3150)", "(s3140)"},
+	{Name: "microsoft-5.7.1-block-list", Enhanced: ec(5, 7, 1), ContainsAny: []string{"block list", "(s3150)", "(s3140)"},
 		Category: Reputation, Scope: ScopeConnection},
+	// Exchange Online anti-spam rule ids, "AS(1450)", on a block.
+	{Name: "microsoft-as-blocked", Class: 5, Contains: []string{"as("}, ContainsAny: []string{"blocked", "banned", "access denied, traffic"},
+		Category: Reputation, Scope: ScopeConnection},
+	// Outlook.com RP-001..RP-003: "We have limits for how many messages can
+	// be sent per hour and per day."
+	{Name: "microsoft-outlook-rp", Class: 4, ContainsAny: []string{"rp-001", "rp-002", "rp-003"}, Category: RateLimit, Scope: ScopeConnection},
 	{Name: "microsoft-outlook-sc", Class: 5, ContainsAny: []string{"sc-001", "sc-002", "sc-003", "sc-004", "cs-01", "ou-001", "ou-002"},
 		Category: Reputation, Scope: ScopeConnection},
 	{Name: "microsoft-outlook-dy", Class: 5, ContainsAny: []string{"dy-001", "dy-002"}, Category: Policy, Scope: ScopeConnection},
@@ -140,10 +146,15 @@ var defaultRules = []Rule{
 	{Name: "text-tls", ContainsAny: []string{"starttls", "tls not available", "tls required", "must use tls", "encryption required"},
 		Category: TLS, Scope: ScopeConnection},
 	{Name: "text-too-many-recipients", Contains: []string{"too many recipients"}, Category: RateLimit, Scope: ScopeMessage},
+	// Limits on connections from the sending IP (Postfix uses "too many
+	// connections from" for both its count and its rate limit).
+	{Name: "text-connection-limit", ContainsAny: []string{"too many connections", "connection rate", "connections per",
+		"max message per connection", "too many messages in this connection"},
+		Category: RateLimit, Scope: ScopeConnection},
 	{Name: "text-rate-limit", ContainsAny: []string{"rate limit", "rate-limit", "ratelimit", "rate limited", "too many messages",
-		"too many connections", "too much mail", "too many recipients", "frequency limited", "receiving mail too quickly", "receiving mail at a rate",
-		"max message per connection", "messages per", "relay limit exceeded", "sending limit", "quota exceeded for sending",
-		"exceeded its quota for sending"},
+		"too much mail", "too many recipients", "frequency limited", "receiving mail too quickly", "receiving mail at a rate",
+		"messages per", "relay limit exceeded", "sending limit", "quota exceeded for sending", "exceeded its quota for sending",
+		"submissionquotaexceeded", "thread limit exceeded", "sending rate", "we have limits for how many messages"},
 		Category: RateLimit, Scope: ScopeSession},
 	{Name: "text-reputation", ContainsAny: []string{"open relay", "blocked using", "block list", "blocklist", "blacklist", "blocklisted",
 		"spamhaus", "dnsbl", "spamcop", "sorbs", "barracudacentral", "reputation", "blocked for spam", "client host blocked",
@@ -173,7 +184,8 @@ var defaultRules = []Rule{
 		"host network not allowed", "recipient preferences", "local policy"},
 		Category: Policy, Scope: ScopeSession},
 	{Name: "text-recipient-error", Class: 4, Contains: []string{"due to a recipient error"}, Category: Other, Scope: ScopeRecipient},
-	{Name: "text-congestion", Class: 4, ContainsAny: []string{"busy", "too many sessions", "system overloaded", "server overloaded"},
+	{Name: "text-congestion", Class: 4, ContainsAny: []string{"busy", "too many sessions", "too many concurrent", "system overloaded",
+		"server overloaded", "overloaded"},
 		Category: Congestion, Scope: ScopeConnection},
 	{Name: "text-system-554", Code: 554, Contains: []string{"service currently unavailable"}, Category: System, Scope: ScopeConnection},
 }
