@@ -536,7 +536,7 @@ func TestStartTLS(t *testing.T) {
 		require.NoError(t, err)
 		c, err := smtp.NewClientStartTLS(conn, srv.ClientTLSConfig())
 		require.NoError(t, err)
-		require.NoError(t, sendMail(c, "a@example.org", []string{"b@gmail.test"}, body))
+		require.NoError(t, sendMail(c, "", []string{"b@gmail.test"}, body), "null sender")
 		state, ok := c.TLSConnectionState()
 		require.True(t, ok)
 		require.NotEmpty(t, state.PeerCertificates)
@@ -552,7 +552,11 @@ func TestStartTLS(t *testing.T) {
 		assert.Equal(t, 1, srv.MessageCount())
 		// Wire replies until STARTTLS; then the receiver's own decisions.
 		assert.Equal(t, []int{220, 250, 220, 250, 250, 250, 421}, replyCodes(srv.Replies()))
-		assert.Equal(t, CauseMaxMessages, srv.Replies()[6].Cause)
+		rs := srv.Replies()
+		assert.Equal(t, CauseMaxMessages, rs[6].Cause)
+		assert.Equal(t, "Roger, accepting mail from <>", rs[3].Text)
+		assert.Equal(t, "I'll make sure <b@gmail.test> gets this", rs[4].Text)
+		assert.Equal(t, "OK: queued", rs[5].Text)
 	})
 }
 

@@ -112,13 +112,17 @@ func (ss *session) refuse(cause Cause, r Reply) error {
 }
 
 // accepted records, after STARTTLS, the 250 go-smtp is about to send (its
-// text cannot be read on the wire any more): format and arg make its text.
-func (ss *session) accepted(format, arg string) error {
+// text cannot be read on the wire any more); format takes the address, and
+// is formatted only then.
+func (ss *session) accepted(format, addr string) error {
 	if ss.c.encrypted {
-		text := format
-		if arg != "" {
-			text = fmt.Sprintf(format, arg)
-		}
+		ss.acceptedText(fmt.Sprintf(format, addr))
+	}
+	return nil
+}
+
+func (ss *session) acceptedText(text string) error {
+	if ss.c.encrypted {
 		ss.s.recordReply(ss.c, 250, "2.0.0", text, CauseNone)
 	}
 	return nil
@@ -232,7 +236,7 @@ func (ss *session) Data(r io.Reader) error {
 	if f != nil {
 		return ss.fault(f)
 	}
-	return ss.accepted("OK: queued", "")
+	return ss.acceptedText("OK: queued")
 }
 
 // garbageDuringBody writes garbage while the client is still sending its
