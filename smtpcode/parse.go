@@ -21,7 +21,8 @@ const maxQuote = 64
 //
 // It accepts single and multi-line replies (CRLF or LF), the enhanced code
 // on every line, on the first line only or on the last line only, an
-// optional "smtp;" prefix, extra spaces, a reply flattened into one line
+// optional "smtp;" prefix (or go-smtp's "SMTP error 550:" and Exchange's
+// "#550"), extra spaces, a reply flattened into one line
 // ("550-5.7.1 ... 550 5.7.1 ..."), a repeated code ("550 550-5.1.1 ..."),
 // and lines of another reply before the final one (a greeting): those lines
 // are dropped, because the reply is the run of lines that carries the final
@@ -184,7 +185,7 @@ func appendSegment(segs []segment, sg segment) []segment {
 }
 
 // lineCode reads a basic code at the start of s: three digits forming a
-// valid reply code, followed by a space, a hyphen or the end. n is how many
+// valid reply code, followed by a space, a hyphen, a colon or the end. n is how many
 // bytes it used, separator included; 0 when there is no code.
 func lineCode(s string) (code, n int) {
 	if len(s) < 3 || !validBasic(s[0], s[1], s[2]) {
@@ -194,7 +195,7 @@ func lineCode(s string) (code, n int) {
 	if len(s) == 3 {
 		return code, 3
 	}
-	if s[3] == ' ' || s[3] == '-' {
+	if s[3] == ' ' || s[3] == '-' || s[3] == ':' {
 		return code, 4
 	}
 	return 0, 0
@@ -329,13 +330,22 @@ func readNumber(s string, i int) (int, int) {
 	return v, j
 }
 
-// trimDSNPrefix removes a DSN diagnostic type ("smtp;", "SMTP; ").
+// trimDSNPrefix removes what bounces and logs put before a reply: a DSN
+// diagnostic type ("smtp;", "SMTP; "), go-smtp's "SMTP error " (its
+// SMTPError.Error form, "SMTP error 550: ..."), and the '#' of old
+// Exchange reports ("#550 5.1.1 ... ##").
 func trimDSNPrefix(s string) string {
 	if len(s) >= 5 && strings.EqualFold(s[:4], "smtp") {
 		t := trimSpace(s[4:])
 		if t != "" && t[0] == ';' {
 			return trimSpace(t[1:])
 		}
+		if len(t) > 6 && strings.EqualFold(t[:6], "error ") && isDigit(t[6]) {
+			return t[6:]
+		}
+	}
+	for s != "" && s[0] == '#' {
+		s = s[1:]
 	}
 	return s
 }

@@ -60,6 +60,13 @@ func TestParseLayouts(t *testing.T) {
 			Reply{550, EnhancedCode{5, 3, 0}, "- Other mail system problem\n'Unknown user x@example.jp'"}},
 		{"blank lines", "\n\n550 5.1.1 gone\n\n", Reply{550, EnhancedCode{5, 1, 1}, "gone"}},
 		{"success", "250 2.0.0 OK queued as 12345", Reply{250, EnhancedCode{2, 0, 0}, "OK queued as 12345"}},
+		{"go-smtp error string", "SMTP error 550: 5.1.1 user unknown", Reply{550, EnhancedCode{5, 1, 1}, "user unknown"}},
+		{"old Exchange report", "#550 5.1.1 RESOLVER.ADR.RecipNotFound; not found ##",
+			Reply{550, EnhancedCode{5, 1, 1}, "RESOLVER.ADR.RecipNotFound; not found ##"}},
+		{"Postfix bounce text", "<u@example.com>: host mx.example.com[192.0.2.1] said: 550 5.1.1 <u@example.com>: Recipient address rejected: User unknown (in reply to RCPT TO command)",
+			Reply{550, EnhancedCode{5, 1, 1}, "<u@example.com>: host mx.example.com[192.0.2.1] said:\n<u@example.com>: Recipient address rejected: User unknown (in reply to RCPT TO command)"}},
+		{"Exim bounce text", "SMTP error from remote mail server after RCPT TO:<u@example.com>:\n    host mx.example.com [192.0.2.1]: 421 4.7.0 [TSS04] Messages temporarily deferred",
+			Reply{421, EnhancedCode{4, 7, 0}, "SMTP error from remote mail server after RCPT TO:<u@example.com>:\nhost mx.example.com [192.0.2.1]:\n[TSS04] Messages temporarily deferred"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
