@@ -32,7 +32,14 @@ var (
 	skipReason string // why there is none
 )
 
+// quietLogger drops go-redis's own log lines (dial failures are expected
+// in the fault tests).
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
 func TestMain(m *testing.M) {
+	redis.SetLogger(quietLogger{})
 	if os.Getenv(envChild) != "" {
 		testAddr = os.Getenv(envRedis)
 		os.Exit(m.Run())
