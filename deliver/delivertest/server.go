@@ -306,8 +306,7 @@ func (s *Server) admit(raw net.Conn) *serverConn {
 			c.cause = cause
 			c.Write(refusal.wire(client))
 		case ActionGarbage:
-			c.cause = cause
-			c.Write([]byte(Garbage))
+			c.writeGarbage()
 		case ActionHang:
 			io.Copy(io.Discard, c.Conn)
 		case ActionDrop:

@@ -940,6 +940,30 @@ func TestPresetsYahooAndOutlook(t *testing.T) {
 	})
 }
 
+func TestGarbageDuringBodyUnderTLS(t *testing.T) {
+	for _, step := range []Step{StepData, StepBody} {
+		t.Run(step.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, err := NewPipeServer(Config{StartTLS: true, Faults: []Fault{{Step: step, Action: ActionGarbage}}})
+				require.NoError(t, err)
+				defer srv.Close()
+				conn, err := srv.DialContext(context.Background(), "tcp", srv.Addr())
+				require.NoError(t, err)
+				c, err := smtp.NewClientStartTLS(conn, srv.ClientTLSConfig())
+				require.NoError(t, err)
+				c.CommandTimeout = time.Minute
+				c.SubmissionTimeout = time.Minute
+				err = sendMail(c, "a@example.org", []string{"b@example.com"}, strings.Repeat(body, 100))
+				assert.Equal(t, 0, code(err), "%v", err)
+				c.Close()
+				waitIdle(t, srv)
+				assert.Equal(t, 1, srv.CountCode("", 0))
+				assert.Zero(t, srv.MessageCount())
+			})
+		})
+	}
+}
+
 func TestFaultsUnderTLS(t *testing.T) {
 	for _, action := range []Action{ActionReply, ActionDrop, ActionGarbage, ActionHang} {
 		t.Run(action.String(), func(t *testing.T) {

@@ -81,15 +81,8 @@ func (ss *session) fault(f *Fault) error {
 	case ActionHang:
 		ss.c.hang()
 	case ActionGarbage:
-		c := ss.c
-		if c.encrypted {
-			ss.s.recordReply(c, 0, "", strings.TrimRight(Garbage, "\r\n"), CauseFault)
-			c.Conn.Write([]byte(Garbage)) // raw, under the TLS layer
-		} else {
-			c.cause = CauseFault
-			c.Write([]byte(Garbage))
-		}
-		c.Close()
+		ss.c.writeGarbage()
+		ss.c.Close()
 	}
 	return errAborted
 }
@@ -182,17 +175,19 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 func (ss *session) Data(r io.Reader) error {
 	ss.s.mu.Lock()
 	f := ss.s.matchFaultLocked(StepData, ss.c.client, "")
+	body := false
 	if f == nil {
 		f = ss.s.matchFaultLocked(StepBody, ss.c.client, "")
-		if f != nil {
-			// Part of the body, then the fault.
-			var b [64]byte
-			r.Read(b[:])
-		}
+		body = f != nil
 	}
 	ss.s.mu.Unlock()
+	if body {
+		// Part of the body, then the fault.
+		var b [64]byte
+		r.Read(b[:])
+	}
 	if f != nil {
-		if f.Action == ActionGarbage && !ss.c.encrypted {
+		if f.Action == ActionGarbage {
 			return ss.garbageDuringBody(r)
 		}
 		return ss.fault(f)
@@ -244,16 +239,27 @@ func (ss *session) Data(r io.Reader) error {
 // writing while the client writes would block both forever.
 func (ss *session) garbageDuringBody(r io.Reader) error {
 	c := ss.c
-	c.cause = CauseFault
 	wrote := make(chan struct{})
 	go func() {
 		defer close(wrote)
-		c.Write([]byte(Garbage))
+		c.writeGarbage()
 	}()
 	io.Copy(io.Discard, r)
 	<-wrote
 	c.Close()
 	return errAborted
+}
+
+// writeGarbage writes Garbage and records it; after STARTTLS it goes raw,
+// under the TLS layer.
+func (c *serverConn) writeGarbage() {
+	if c.encrypted {
+		c.s.recordReply(c, 0, "", strings.TrimRight(Garbage, "\r\n"), CauseFault)
+		c.Conn.Write([]byte(Garbage))
+		return
+	}
+	c.cause = CauseFault
+	c.Write([]byte(Garbage))
 }
 
 // AuthMechanisms offers PLAIN when Config.Users is set.
