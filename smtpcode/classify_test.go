@@ -261,3 +261,22 @@ func TestNilAndZeroClassifier(t *testing.T) {
 	assert.Equal(t, Classify(r), zero.Classify(r))
 	assert.Equal(t, ClassifyError(io.EOF), nilC.ClassifyError(io.EOF))
 }
+
+func TestCodesLie(t *testing.T) {
+	tests := []struct {
+		raw string
+		cat Category
+	}{
+		{"452 4.4.5 Messages per second limit exceeded", RateLimit},
+		{"550 5.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.", RateLimit},
+		{"550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", UnknownUser},
+		{"550 5.4.5 Daily user sending quota exceeded.", RateLimit},
+		{"554 5.7.1 Your sending quota exceeded for today", RateLimit},
+		{"552 5.2.2 Mailbox quota exceeded", MailboxFull},
+		{"550 5.7.1 User unknown", UnknownUser},
+		{"550 5.1.1 Refused due to recipient preferences", Policy},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.cat, classifyRaw(t, tt.raw).Category, tt.raw)
+	}
+}

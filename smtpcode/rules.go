@@ -154,7 +154,7 @@ var defaultRules = []Rule{
 	{Name: "text-rate-limit", ContainsAny: []string{"rate limit", "rate-limit", "ratelimit", "rate limited", "too many messages",
 		"too much mail", "too many recipients", "frequency limited", "receiving mail too quickly", "receiving mail at a rate",
 		"messages per", "relay limit exceeded", "sending limit", "quota exceeded for sending", "exceeded its quota for sending",
-		"submissionquotaexceeded", "thread limit exceeded", "sending rate", "we have limits for how many messages"},
+		"submissionquotaexceeded", "thread limit exceeded", "sending rate", "sending quota", "we have limits for how many messages"},
 		Category: RateLimit, Scope: ScopeSession},
 	{Name: "text-reputation", ContainsAny: []string{"open relay", "blocked using", "block list", "blocklist", "blacklist", "blocklisted",
 		"spamhaus", "dnsbl", "spamcop", "sorbs", "barracudacentral", "reputation", "blocked for spam", "client host blocked",
