@@ -1042,3 +1042,76 @@ func TestMeanConcurrency(t *testing.T) {
 		assert.Zero(t, srv.MeanConcurrency("", t1, t0))
 	})
 }
+
+// Many clients at once: the record's sums agree with what the clients saw.
+func TestConcurrentClientsAccounting(t *testing.T) {
+	eachHarness(t, func(t *testing.T, h harness) {
+		srv := startServer(t, h, Config{
+			Limits:  Limits{MaxConnections: 3, MessageRate: Rate{Every: time.Hour, Burst: 40}},
+			Latency: EveryCommand(time.Millisecond),
+		})
+		defer srv.Close()
+		type result struct{ sent, refusedAtConnect, rateLimited int }
+		results := make(chan result, 20)
+		for g := range 20 {
+			go func() {
+				var r result
+				id := h.ids[g%2]
+				for range 5 {
+					c, err := srv.Client(id)
+					if err != nil {
+						t.Error(err)
+						break
+					}
+					err = sendMail(c, "a@example.org", []string{"b@example.com"}, body)
+					switch {
+					case err == nil:
+						r.sent++
+						c.Quit()
+					case code(err) == 421 && strings.Contains(err.Error(), "concurrent"):
+						r.refusedAtConnect++
+					case code(err) == 421:
+						r.rateLimited++
+					default:
+						t.Error(err)
+					}
+					c.Close()
+				}
+				results <- r
+			}()
+		}
+		var total result
+		for range 20 {
+			r := <-results
+			total.sent += r.sent
+			total.refusedAtConnect += r.refusedAtConnect
+			total.rateLimited += r.rateLimited
+		}
+		waitIdle(t, srv)
+
+		assert.Equal(t, 100, total.sent+total.refusedAtConnect+total.rateLimited)
+		assert.Equal(t, total.sent, srv.MessageCount())
+		assert.LessOrEqual(t, total.sent, 80, "two buckets of 40")
+		assert.Equal(t, total.refusedAtConnect, srv.CountCause("", CauseConcurrency))
+		assert.Equal(t, total.rateLimited, srv.CountCause("", CauseMessageRate))
+		conns := srv.Connections()
+		assert.Len(t, conns, 100)
+		refused, msgs := 0, 0
+		for _, c := range conns {
+			assert.False(t, c.Open())
+			if c.Refused {
+				refused++
+			}
+			msgs += c.Messages
+		}
+		assert.Equal(t, total.refusedAtConnect, refused)
+		assert.Equal(t, total.sent, msgs)
+		for _, id := range h.ids {
+			st := srv.Stats(id)
+			assert.Equal(t, 50, st.Connections)
+			assert.Equal(t, st.MaxConcurrency, srv.MaxConcurrencySince(id, time.Time{}))
+			assert.LessOrEqual(t, srv.MeanConcurrency(id, conns[0].Start, time.Time{}), 3.0)
+		}
+		assert.Equal(t, srv.MaxConcurrency(""), srv.MaxConcurrencySince("", time.Time{}))
+	})
+}
