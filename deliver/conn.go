@@ -112,10 +112,11 @@ type session struct {
 	permit   permit
 	tls      bool
 
-	created  time.Time
-	lastUsed time.Time
-	messages int
-	broken   bool // unusable: closed, 421, protocol state unknown
+	created   time.Time
+	lastUsed  time.Time
+	messages  int
+	broken    bool // unusable: closed, 421, protocol state unknown
+	exhausted bool // the receiver's messages-per-connection cap was reached
 
 	idleTimer *time.Timer
 	closeOnce sync.Once
@@ -377,6 +378,16 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 	c.CommandTimeout = to.Mail
 	if err := c.Mail(p.from, opts); err != nil {
 		o := failed(err)
+		if ss.messages > 0 && o.reply.Code == 421 && perConnectionCap(o.reply.Text) {
+			// "Max messages per connection reached": not a throttle, the
+			// connection is used up. Nothing was attempted; try a new one.
+			ss.exhausted = true
+			ss.s.learn.perConnCap(poolKey{ss.sourceIP, ss.site}, ss.messages)
+			for i := range res {
+				res[i].notTried = true
+			}
+			return res, o
+		}
 		setAll(all, o)
 		return res, o
 	}
@@ -495,7 +506,21 @@ func (ss *session) close(ctx context.Context, quit bool) {
 
 // usable reports whether ss can take another message.
 func (ss *session) usable(now time.Time) bool {
-	return !ss.broken && ss.messages < ss.s.maxPerConn && now.Sub(ss.created) < ss.s.maxConnAge
+	if ss.broken || ss.messages >= ss.s.maxPerConn || now.Sub(ss.created) >= ss.s.maxConnAge {
+		return false
+	}
+	if n := ss.s.learn.perConn(poolKey{ss.sourceIP, ss.site}); n > 0 && ss.messages >= n {
+		return false
+	}
+	return true
+}
+
+// perConnectionCap recognises a receiver's "too many messages on this
+// connection" reply (Postfix smtpd, Yahoo, Exim, Sendmail texts).
+func perConnectionCap(text string) bool {
+	t := strings.ToLower(text)
+	return strings.Contains(t, "per connection") || strings.Contains(t, "this connection") ||
+		strings.Contains(t, "per session") || strings.Contains(t, "this session")
 }
 
 // errOutcome classifies an error of a step. A context error (the caller's

@@ -510,7 +510,9 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 			}
 			st.finish(i, &o, time.Time{})
 		}
-		s.feedbackTransaction(ss, pairKey, lastOut, accepted)
+		if !ss.exhausted {
+			s.feedbackTransaction(ss, pairKey, lastOut, accepted)
+		}
 		if s.cfg.Hooks.Attempt != nil {
 			s.cfg.Hooks.Attempt(AttemptInfo{Site: rt.site, Host: ss.host.name, SourceIP: st.src,
 				Recipients: len(batch), Accepted: accepted, Reply: lastOut.reply, Class: lastOut.class,
@@ -717,9 +719,10 @@ func (s *Sender) feedbackTransaction(ss *session, key string, last outcome, acce
 		s.lim.feedback(key, governor.Signal{Kind: governor.Congestion, Started: started, Reason: last.reply.String()})
 	case last.class.Category == smtpcode.RateLimit && (last.class.Scope == smtpcode.ScopeConnection || last.class.Scope == smtpcode.ScopeSession):
 		s.lim.feedback(key, governor.Signal{Kind: governor.RateLimited, Started: started, Reason: last.reply.String()})
-	case last.class.Category == smtpcode.Network && !isContextErr(last.err):
-		s.lim.feedback(key, governor.Signal{Kind: governor.Failure, Started: started, Reason: fmt.Sprint(last.err)})
 	}
+	// A connection lost mid-transaction is not reported as a Failure: as
+	// in Postfix, only failures to connect or to complete the handshake
+	// count toward the cohort that suspends a site (feedbackConnect).
 }
 
 // take takes one message token on keys, waiting at most as long as ctx

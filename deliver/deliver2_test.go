@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -257,4 +258,34 @@ func TestSendTLSHandshakeFailure(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A receiver's messages-per-connection cap (421 at MAIL) is no throttle:
+// the message goes on a new connection at once, and the cap is learned.
+func TestSendLearnsMessagesPerConnection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{Limits: delivertest.Limits{
+			MaxMessagesPerConnection: 3,
+			MaxMessagesReply:         delivertest.YahooMaxMessagesReply,
+		}})
+		h := newHarness(t, srv, nil)
+		start := time.Now()
+		for i := range 10 {
+			out, err := h.s.Send(t.Context(), msg(fmt.Sprintf("r%d@example.test", i)))
+			require.NoError(t, err)
+			require.Equal(t, Delivered, out[0].Status, "%+v", out[0])
+			assert.Equal(t, 1, out[0].Attempts)
+		}
+		assert.Equal(t, time.Duration(0), time.Since(start))
+		refused := 0
+		for _, r := range srv.Replies() {
+			if r.Code == 421 {
+				refused++
+			}
+		}
+		assert.Equal(t, 1, refused, "refused once, then learned")
+		h.close()
+		srv.Close()
+		assert.Len(t, srv.Connections(), 4)
+	})
 }

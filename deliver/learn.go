@@ -26,6 +26,10 @@ type learned struct {
 	dialing int       // dials in progress
 	limit   int       // 0: none
 	until   time.Time // limit expiry
+	// perConn is the receiver's messages-per-connection cap, learned from
+	// its 421 at MAIL; 0: none known. It expires with perConnUntil.
+	perConn      int
+	perConnUntil time.Time
 }
 
 func (l *learner) get(k poolKey) *learned {
@@ -41,7 +45,8 @@ func (l *learner) get(k poolKey) *learned {
 }
 
 func (l *learner) forget(k poolKey, e *learned) {
-	if e.live == 0 && e.dialing == 0 && (e.limit == 0 || !time.Now().Before(e.until)) {
+	now := time.Now()
+	if e.live == 0 && e.dialing == 0 && (e.limit == 0 || !now.Before(e.until)) && (e.perConn == 0 || !now.Before(e.perConnUntil)) {
 		delete(l.m, k)
 	}
 }
@@ -99,6 +104,29 @@ func (l *learner) live(k poolKey) int {
 	defer l.mu.Unlock()
 	if e := l.m[k]; e != nil {
 		return e.live
+	}
+	return 0
+}
+
+// perConnCap records that the receiver refused a message after n on one
+// connection.
+func (l *learner) perConnCap(k poolKey, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.get(k)
+	now := time.Now()
+	if e.perConn == 0 || !now.Before(e.perConnUntil) || n < e.perConn {
+		e.perConn = max(n, 1)
+	}
+	e.perConnUntil = now.Add(DefaultLearnFor)
+}
+
+// perConn returns the learned messages-per-connection cap of k, 0 if none.
+func (l *learner) perConn(k poolKey) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.m[k]; e != nil && e.perConn > 0 && time.Now().Before(e.perConnUntil) {
+		return e.perConn
 	}
 	return 0
 }
