@@ -80,7 +80,8 @@
 //
 // Keys that are quiescent (nothing held or queued, buckets full, no quota in
 // use, no suspension, penalty or growth cap in force) for Config.IdleTimeout
-// are forgotten, lazily as new keys arrive or at once with EvictIdle, and the
+// are forgotten, lazily as new keys arrive or with EvictIdle (a key released
+// since the previous sweep survives one more: Release reads no clock), and the
 // shard maps are rebuilt when they shrink: memory follows active keys only.
 //
 // The governor reads time only through time.Now, which testing/synctest

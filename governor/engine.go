@@ -66,6 +66,7 @@ type entry struct {
 	lastRateCut int64
 	reason      string
 	lastUsed    int64
+	touched     bool // released since lastUsed
 }
 
 // waiter is a blocked request. ch has room for one wake-up.
@@ -376,12 +377,14 @@ func (en *engine) undo(ents []*entry, kind Kind, tc, t int64) {
 }
 
 // release frees one slot on every entry.
-func (en *engine) release(ents []*entry, t int64) {
+// It reads no clock: the entry is marked touched instead, and the sweep
+// that finds it so restarts its idle time (see sweep).
+func (en *engine) release(ents []*entry) {
 	for _, e := range ents {
 		if e.held > 0 {
 			e.held--
 		}
-		e.lastUsed = t
+		e.touched = true
 		e.wake()
 	}
 }
@@ -456,6 +459,10 @@ func (en *engine) sweep(s *shard, t int64) {
 	s.nextSweep = t + every
 	for k, e := range s.m {
 		if e.quiescent(t, en.idle) {
+			if e.touched { // released since: idle from now on
+				e.touched, e.lastUsed = false, t
+				continue
+			}
 			delete(s.m, k)
 		}
 	}

@@ -264,14 +264,14 @@ func TestPolicyReplacementUnderLoad(t *testing.T) {
 		// Widen: the 19 queued callers re-check at once.
 		limit.Store(5)
 		require.NoError(t, g.SetPolicy(&Policy{Default: Limits{MaxConcurrency: 5}}))
-		time.Sleep(time.Minute)
+		time.Sleep(time.Minute + 500*time.Millisecond) // mid-hold, not at a hand-over instant
 		assert.Equal(t, int64(5), peak.Load())
 		ks, _ := g.Snapshot()
 		assert.Equal(t, 5, ks[0].Concurrency)
 		// Narrow: held slots stay held (no state dropped), new grants wait.
 		require.NoError(t, g.SetPolicy(&Policy{Default: Limits{MaxConcurrency: 2}}))
 		ks, _ = g.Snapshot()
-		assert.Equal(t, 5, ks[0].InFlight+0*ks[0].Waiting, "held slots kept across the change")
+		assert.Equal(t, 5, ks[0].InFlight, "held slots kept across the change")
 		time.Sleep(2 * time.Second) // the five finish
 		limit.Store(2)
 		peak.Store(0)

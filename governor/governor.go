@@ -117,19 +117,17 @@ func (p Permit) Release() {
 		_ = g.store.Release(context.Background(), req)
 		st.req = nil
 	} else {
-		t := g.mem.tick(time.Now())
 		ents := st.ents
 		if len(ents) == 1 {
 			s := &g.mem.shards[g.mem.shardOf(ents[0].key)]
 			s.mu.Lock()
-			g.mem.release(ents, t)
+			g.mem.release(ents)
 			s.mu.Unlock()
-		} else {
+		} else if len(ents) > 1 {
 			var b batch
-			b.ents = ents
-			b.setShards(g.mem)
+			b.setEnts(g.mem, ents)
 			b.lock(g.mem)
-			g.mem.release(ents, t)
+			g.mem.release(ents)
 			b.unlock(g.mem)
 		}
 		clear(st.ebuf[:])
@@ -182,7 +180,7 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 	if err != nil {
 		return Permit{}, err
 	}
-	return g.newPermit(b.ents, nil, d), nil
+	return g.newPermit(b.ents(), nil, d), nil
 }
 
 // TryAcquire is Acquire without waiting: it grants only if every key has a
@@ -206,7 +204,7 @@ func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 	if err != nil || !d.OK {
 		return Permit{}, d, err
 	}
-	return g.newPermit(b.ents, nil, d), d, nil
+	return g.newPermit(b.ents(), nil, d), d, nil
 }
 
 // Take blocks until one event may start on every key: one Rate token and
@@ -243,109 +241,156 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 }
 
 // batch is the sorted, distinct keys of one request, their entries and
-// the shards to lock, kept on the stack for up to four keys.
+// the shards to lock, kept in arrays for up to four keys. It holds no
+// slice of its own arrays, so that it stays on the caller's stack.
 type batch struct {
-	keys   []string
-	ents   []*entry
-	shards []int
-	kbuf   [4]string
-	ebuf   [4]*entry
-	sbuf   [4]int
+	nk, ne, ns int
+	kbuf       [4]string
+	ebuf       [4]*entry
+	sbuf       [4]int
+	kbig       []string
+	ebig       []*entry
+	sbig       []int
 }
 
+func (b *batch) keys() []string {
+	if b.kbig != nil {
+		return b.kbig
+	}
+	return b.kbuf[:b.nk]
+}
+
+func (b *batch) ents() []*entry {
+	if b.ebig != nil {
+		return b.ebig
+	}
+	return b.ebuf[:b.ne]
+}
+
+func (b *batch) shards() []int {
+	if b.sbig != nil {
+		return b.sbig
+	}
+	return b.sbuf[:b.ns]
+}
+
+// prepare validates, sorts and de-duplicates keys into b.
 func (b *batch) prepare(keys []string) error {
 	for _, k := range keys {
 		if k == "" {
 			return ErrInvalidKey
 		}
 	}
-	if len(keys) <= 1 {
-		b.keys = keys
-		return nil
+	b.setKeys(keys)
+	if b.kbig != nil {
+		slices.Sort(b.kbig)
+		b.kbig = slices.Compact(b.kbig)
+	} else if b.nk > 1 {
+		ks := b.kbuf[:b.nk]
+		slices.Sort(ks)
+		b.nk = len(slices.Compact(ks))
 	}
-	if len(keys) <= len(b.kbuf) {
-		b.keys = b.kbuf[:copy(b.kbuf[:], keys)]
-	} else {
-		b.keys = slices.Clone(keys)
-	}
-	slices.Sort(b.keys)
-	b.keys = slices.Compact(b.keys)
 	return nil
+}
+
+// setKeys copies keys into b (the caller's slice is not changed).
+func (b *batch) setKeys(keys []string) {
+	if len(keys) <= len(b.kbuf) {
+		b.nk = copy(b.kbuf[:], keys)
+	} else {
+		b.kbig = slices.Clone(keys)
+	}
+}
+
+// setShards computes the distinct shards of the keys, ascending.
+func (b *batch) setShards(en *engine, keys []string) {
+	if len(keys) <= len(b.sbuf) {
+		for i, k := range keys {
+			b.sbuf[i] = en.shardOf(k)
+		}
+		sh := b.sbuf[:len(keys)]
+		slices.Sort(sh)
+		b.ns = len(slices.Compact(sh))
+		return
+	}
+	b.sbig = make([]int, len(keys))
+	for i, k := range keys {
+		b.sbig[i] = en.shardOf(k)
+	}
+	slices.Sort(b.sbig)
+	b.sbig = slices.Compact(b.sbig)
+}
+
+// setEnts makes b hold ents (to release them) and their shards.
+func (b *batch) setEnts(en *engine, ents []*entry) {
+	if len(ents) <= len(b.kbuf) {
+		for i, e := range ents {
+			b.kbuf[i] = e.key
+		}
+		b.nk = len(ents)
+	} else {
+		b.kbig = make([]string, len(ents))
+		for i, e := range ents {
+			b.kbig[i] = e.key
+		}
+	}
+	b.setShards(en, b.keys())
 }
 
 // resolve locks the shards and finds (creating) every key's entry.
 func (b *batch) resolve(en *engine, cp *compiledPolicy, t int64) {
-	if len(b.keys) == 1 {
-		s := &en.shards[en.shardOf(b.keys[0])]
+	keys := b.keys()
+	if len(keys) == 1 {
+		s := &en.shards[en.shardOf(keys[0])]
 		s.mu.Lock()
-		b.ebuf[0] = en.get(s, b.keys[0], cp, t)
-		b.ents = b.ebuf[:1]
+		b.ebuf[0] = en.get(s, keys[0], cp, t)
+		b.ne = 1
 		return
 	}
-	if b.shards == nil {
-		if len(b.keys) <= len(b.sbuf) {
-			b.shards = b.sbuf[:0]
-		}
-		for _, k := range b.keys {
-			b.shards = append(b.shards, en.shardOf(k))
-		}
-		slices.Sort(b.shards)
-		b.shards = slices.Compact(b.shards)
+	if b.ns == 0 && b.sbig == nil {
+		b.setShards(en, keys)
 	}
 	b.lock(en)
-	if len(b.keys) <= len(b.ebuf) {
-		b.ents = b.ebuf[:0]
-	} else {
-		b.ents = b.ents[:0]
+	if len(keys) <= len(b.ebuf) {
+		for i, k := range keys {
+			b.ebuf[i] = en.get(&en.shards[en.shardOf(k)], k, cp, t)
+		}
+		b.ne = len(keys)
+		return
 	}
-	for _, k := range b.keys {
-		b.ents = append(b.ents, en.get(&en.shards[en.shardOf(k)], k, cp, t))
+	if b.ebig == nil {
+		b.ebig = make([]*entry, len(keys))
 	}
-}
-
-func (b *batch) setShards(en *engine) {
-	if len(b.ents) <= len(b.sbuf) {
-		b.shards = b.sbuf[:0]
+	for i, k := range keys {
+		b.ebig[i] = en.get(&en.shards[en.shardOf(k)], k, cp, t)
 	}
-	for _, e := range b.ents {
-		b.shards = append(b.shards, en.shardOf(e.key))
-	}
-	slices.Sort(b.shards)
-	b.shards = slices.Compact(b.shards)
 }
 
 func (b *batch) lock(en *engine) {
-	if b.shards == nil {
-		en.shards[en.shardOf(b.keyAt0())].mu.Lock()
+	if b.ns == 0 && b.sbig == nil {
+		en.shards[en.shardOf(b.keys()[0])].mu.Lock()
 		return
 	}
-	for _, i := range b.shards {
+	for _, i := range b.shards() {
 		en.shards[i].mu.Lock()
 	}
 }
 
 func (b *batch) unlock(en *engine) {
-	if b.shards == nil {
-		en.shards[en.shardOf(b.keyAt0())].mu.Unlock()
+	if b.ns == 0 && b.sbig == nil {
+		en.shards[en.shardOf(b.keys()[0])].mu.Unlock()
 		return
 	}
-	for _, i := range b.shards {
+	for _, i := range b.shards() {
 		en.shards[i].mu.Unlock()
 	}
-}
-
-func (b *batch) keyAt0() string {
-	if len(b.keys) > 0 {
-		return b.keys[0]
-	}
-	return b.ents[0].key
 }
 
 // memRun runs one request against the in-memory state.
 func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (Decision, error) {
 	en := g.mem
 	now := time.Now()
-	if len(b.keys) == 0 {
+	if b.nk == 0 && b.kbig == nil {
 		return Decision{OK: true, Start: now}, nil
 	}
 	first := now
@@ -370,17 +415,17 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 		t := en.tick(now)
 		cp := g.policy.Load()
 		b.resolve(en, cp, t)
-		v := en.eval(b.ents, kind, now, t, w, cp, try, deadline)
+		v := en.eval(b.ents(), kind, now, t, w, cp, try, deadline)
 		if v.ok {
 			start := v.start
 			d := Decision{OK: true}
 			if v.idx >= 0 {
-				d.Key, d.Limit = b.ents[v.idx].key, v.limit
+				d.Key, d.Limit = b.ents()[v.idx].key, v.limit
 			} else if w != nil {
 				d.Key, d.Limit, d.Reason = held.Key, held.Limit, held.Reason
 			}
 			if kind == KindEvent && !try {
-				if j, jk := g.jitter(b.ents); j > 0 {
+				if j, jk := g.jitter(b.ents()); j > 0 {
 					if start+j > deadline {
 						j = max(deadline-start, 0)
 					}
@@ -390,7 +435,7 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 					start += j
 				}
 			}
-			en.commit(b.ents, kind, t, v.start, w)
+			en.commit(b.ents(), kind, t, v.start, w)
 			b.unlock(en)
 			if start == t {
 				d.Start = now
@@ -402,7 +447,7 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 			d.Start = en.wall(start)
 			if err := sleepCtx(ctx, &timer, time.Duration(start-t)); err != nil {
 				b.resolve(en, g.policy.Load(), en.tick(time.Now()))
-				en.undo(b.ents, kind, v.start, en.tick(time.Now()))
+				en.undo(b.ents(), kind, v.start, en.tick(time.Now()))
 				b.unlock(en)
 				d.OK = false
 				d.RetryAt = d.Start
@@ -411,7 +456,7 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 			d.Waited = time.Since(first)
 			return d, nil
 		}
-		d := Decision{Key: b.ents[v.idx].key, Limit: v.limit, Reason: v.reason}
+		d := Decision{Key: b.ents()[v.idx].key, Limit: v.limit, Reason: v.reason}
 		if v.retry != unknown {
 			d.RetryAt = en.wall(v.retry)
 		}
@@ -430,7 +475,7 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 			w = &waiter{ch: make(chan struct{}, 1)}
 		}
 		held = d
-		b.ents[v.idx].enqueue(w)
+		b.ents()[v.idx].enqueue(w)
 		b.unlock(en)
 		var tc <-chan time.Time
 		if v.retry != unknown {

@@ -3,7 +3,6 @@ package governor
 import (
 	"context"
 	"math"
-	"slices"
 	"sync"
 	"time"
 )
@@ -43,15 +42,10 @@ func NewMemoryStore(idle time.Duration) *MemoryStore {
 // their limits set.
 func (ms *MemoryStore) lockKeys(b *batch, keys []string, lims []Limits, t int64) {
 	en := ms.en
-	b.keys = keys
-	b.shards = b.sbuf[:0]
-	for _, k := range keys {
-		b.shards = append(b.shards, en.shardOf(k))
-	}
-	slices.Sort(b.shards)
-	b.shards = slices.Compact(b.shards)
+	b.kbig = keys
+	b.setShards(en, keys)
 	b.lock(en)
-	b.ents = b.ebuf[:0]
+	b.ebig = make([]*entry, len(keys))
 	for i, k := range keys {
 		e := en.get(&en.shards[en.shardOf(k)], k, nil, t)
 		if lims != nil {
@@ -59,7 +53,7 @@ func (ms *MemoryStore) lockKeys(b *batch, keys []string, lims []Limits, t int64)
 		} else if e.lim == nil {
 			e.setLim(compileLimits(Limits{}))
 		}
-		b.ents = append(b.ents, e)
+		b.ebig[i] = e
 	}
 }
 
@@ -94,9 +88,9 @@ func (ms *MemoryStore) Reserve(_ context.Context, req *Request) (Grant, error) {
 	}
 	var b batch
 	ms.lockKeys(&b, req.Keys, req.Limits, t)
-	v := en.eval(b.ents, req.Kind, req.Now, t, w, nil, req.Try, deadline)
+	v := en.eval(b.ents(), req.Kind, req.Now, t, w, nil, req.Try, deadline)
 	if v.ok {
-		en.commit(b.ents, req.Kind, t, v.start, w)
+		en.commit(b.ents(), req.Kind, t, v.start, w)
 		b.unlock(en)
 		ms.mu.Lock()
 		delete(ms.waiters, req.Ticket)
@@ -121,7 +115,7 @@ func (ms *MemoryStore) Reserve(_ context.Context, req *Request) (Grant, error) {
 	if w == nil {
 		w = &waiter{ch: make(chan struct{}, 1), ticket: req.Ticket}
 	}
-	b.ents[v.idx].enqueue(w)
+	b.ents()[v.idx].enqueue(w)
 	b.unlock(en)
 	ms.mu.Lock()
 	ms.waiters[req.Ticket] = w
@@ -148,7 +142,7 @@ func (ms *MemoryStore) Cancel(_ context.Context, req *Request, g Grant) error {
 	var b batch
 	ms.lockKeys(&b, req.Keys, nil, t)
 	if g.OK {
-		en.undo(b.ents, req.Kind, en.tick(g.Start), t)
+		en.undo(b.ents(), req.Kind, en.tick(g.Start), t)
 	}
 	if w != nil && w.on != nil {
 		w.on.dequeue(w)
@@ -170,7 +164,7 @@ func (ms *MemoryStore) Release(_ context.Context, req *Request) error {
 	t := en.tick(req.Now)
 	var b batch
 	ms.lockKeys(&b, req.Keys, nil, t)
-	en.release(b.ents, t)
+	en.release(b.ents())
 	b.unlock(en)
 	return nil
 }
@@ -189,7 +183,7 @@ func (ms *MemoryStore) Feedback(_ context.Context, now time.Time, key string, li
 	keys := [1]string{key}
 	lims := [1]Limits{lim}
 	ms.lockKeys(&b, keys[:], lims[:], t)
-	b.ents[0].feedback(s, t, en.tick(s.Started))
+	b.ents()[0].feedback(s, t, en.tick(s.Started))
 	b.unlock(en)
 	return nil
 }
@@ -213,7 +207,7 @@ func (ms *MemoryStore) suspension(now time.Time, key string, until time.Time, re
 	var b batch
 	keys := [1]string{key}
 	ms.lockKeys(&b, keys[:], nil, t)
-	b.ents[0].setSuspension(en, until, reason)
+	b.ents()[0].setSuspension(en, until, reason)
 	b.unlock(en)
 	return nil
 }

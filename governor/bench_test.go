@@ -1,0 +1,271 @@
+package governor
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/time/rate"
+)
+
+// The baseline is what users hand-roll today: a mutex-guarded map of
+// *rate.Limiter plus a counting semaphore per key.
+type baseline struct {
+	mu   sync.Mutex
+	m    map[string]*baseKey
+	conc int
+	r    rate.Limit
+	b    int
+}
+
+type baseKey struct {
+	lim *rate.Limiter
+	sem chan struct{}
+}
+
+func newBaseline(conc int, r rate.Limit, burst int) *baseline {
+	return &baseline{m: make(map[string]*baseKey), conc: conc, r: r, b: burst}
+}
+
+func (bl *baseline) get(key string) *baseKey {
+	bl.mu.Lock()
+	k := bl.m[key]
+	if k == nil {
+		k = &baseKey{lim: rate.NewLimiter(bl.r, bl.b), sem: make(chan struct{}, bl.conc)}
+		bl.m[key] = k
+	}
+	bl.mu.Unlock()
+	return k
+}
+
+func (bl *baseline) acquire(key string) *baseKey {
+	k := bl.get(key)
+	k.sem <- struct{}{}
+	return k
+}
+
+func (k *baseKey) release() { <-k.sem }
+
+func benchGov(b *testing.B, l Limits) *Governor {
+	g, err := New(Config{Policy: &Policy{Default: l}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return g
+}
+
+// BenchmarkAcquireRelease: uncontended acquire+release of one key.
+func BenchmarkAcquireRelease(b *testing.B) {
+	b.Run("baseline", func(b *testing.B) {
+		bl := newBaseline(10, rate.Inf, 1)
+		b.ReportAllocs()
+		for b.Loop() {
+			bl.acquire("ip:203.0.113.7|site:google.com").release()
+		}
+	})
+	b.Run("governor", func(b *testing.B) {
+		g := benchGov(b, Limits{MaxConcurrency: 10})
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			p, err := g.Acquire(ctx, "ip:203.0.113.7|site:google.com")
+			if err != nil {
+				b.Fatal(err)
+			}
+			p.Release()
+		}
+	})
+}
+
+// BenchmarkTake: taking one token of one key (never waiting).
+func BenchmarkTake(b *testing.B) {
+	b.Run("baseline", func(b *testing.B) {
+		bl := newBaseline(1, 1e9, 1e9)
+		b.ReportAllocs()
+		for b.Loop() {
+			if !bl.get("mailbox:alice@example.org").lim.Allow() {
+				b.Fatal("refused")
+			}
+		}
+	})
+	b.Run("governor", func(b *testing.B) {
+		g := benchGov(b, Limits{Rate: 1e9, Burst: 1e9})
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := g.Take(ctx, "mailbox:alice@example.org"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkAcquireReleaseThreeKeys: one connection's keys at once.
+func BenchmarkAcquireReleaseThreeKeys(b *testing.B) {
+	keys := []string{"ip:203.0.113.7", "site:google.com", "ip:203.0.113.7|site:google.com"}
+	b.Run("baseline", func(b *testing.B) {
+		bl := newBaseline(10, rate.Inf, 1)
+		b.ReportAllocs()
+		var ks [3]*baseKey
+		for b.Loop() {
+			for i, k := range keys { // sorted order by hand
+				ks[i] = bl.acquire(k)
+			}
+			for _, k := range ks {
+				k.release()
+			}
+		}
+	})
+	b.Run("governor", func(b *testing.B) {
+		g := benchGov(b, Limits{MaxConcurrency: 10})
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			p, err := g.Acquire(ctx, keys...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			p.Release()
+		}
+	})
+}
+
+func keyNames(n int) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = "ip:10.0." + strconv.Itoa(i/256) + "." + strconv.Itoa(i%256) + "|site:example.com"
+	}
+	return ks
+}
+
+// BenchmarkParallel10000Keys: acquire+release over 10,000 keys from
+// GOMAXPROCS goroutines.
+func BenchmarkParallel10000Keys(b *testing.B) {
+	keys := keyNames(10_000)
+	b.Run("baseline", func(b *testing.B) {
+		bl := newBaseline(10, rate.Inf, 1)
+		var next atomic.Uint64
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := next.Add(7919)
+			for pb.Next() {
+				i++
+				bl.acquire(keys[i%uint64(len(keys))]).release()
+			}
+		})
+	})
+	b.Run("governor", func(b *testing.B) {
+		g := benchGov(b, Limits{MaxConcurrency: 10})
+		ctx := context.Background()
+		var next atomic.Uint64
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := next.Add(7919)
+			for pb.Next() {
+				i++
+				p, err := g.Acquire(ctx, keys[i%uint64(len(keys))])
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				p.Release()
+			}
+		})
+	})
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// BenchmarkBytesPerActiveKey: heap per key while 100,000 keys each hold a
+// slot and have taken a token. Reported as bytes/key; ns/op is meaningless.
+func BenchmarkBytesPerActiveKey(b *testing.B) {
+	const n = 100_000
+	keys := keyNames(n)
+	b.Run("baseline", func(b *testing.B) {
+		for b.Loop() {
+			before := heapInUse()
+			bl := newBaseline(10, 1000, 10)
+			for _, k := range keys {
+				bl.acquire(k).lim.Allow()
+			}
+			after := heapInUse()
+			b.ReportMetric(float64(after-before)/n, "bytes/key")
+			runtime.KeepAlive(bl)
+		}
+	})
+	b.Run("governor", func(b *testing.B) {
+		for b.Loop() {
+			before := heapInUse()
+			g := benchGov(b, Limits{MaxConcurrency: 10, Rate: 1000, Burst: 10})
+			ps := make([]Permit, 0, n)
+			for _, k := range keys {
+				p, _ := g.Acquire(context.Background(), k)
+				ps = append(ps, p)
+				_, _ = g.TryTake(k)
+			}
+			after := heapInUse()
+			// The permits slice is the caller's, not the governor's.
+			perm := uint64(cap(ps)) * uint64(unsafeSizeofPermit)
+			b.ReportMetric(float64(after-before-perm)/n, "bytes/key")
+			for _, p := range ps {
+				p.Release()
+			}
+			runtime.KeepAlive(g)
+		}
+	})
+}
+
+// BenchmarkMemoryAfterIdle: heap per key after touching 1,000,000 distinct
+// keys once and letting them go idle (the baseline never forgets a key).
+func BenchmarkMemoryAfterIdle(b *testing.B) {
+	const n = 1_000_000
+	keys := keyNames(n)
+	b.Run("baseline", func(b *testing.B) {
+		for b.Loop() {
+			before := heapInUse()
+			bl := newBaseline(10, 1000, 10)
+			for _, k := range keys {
+				bl.acquire(k).release()
+			}
+			after := heapInUse()
+			b.ReportMetric(float64(after-before)/n, "bytes/key")
+			runtime.KeepAlive(bl)
+		}
+	})
+	b.Run("governor", func(b *testing.B) {
+		for b.Loop() {
+			before := heapInUse()
+			g, err := New(Config{Policy: &Policy{Default: Limits{MaxConcurrency: 10, Rate: 1000, Burst: 10}}, IdleTimeout: time.Millisecond})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			for _, k := range keys {
+				p, _ := g.Acquire(ctx, k)
+				p.Release()
+			}
+			peak := heapInUse()
+			for range 2 { // the first sweep restarts released keys' idle time
+				time.Sleep(5 * time.Millisecond) // let the keys go idle (memory figure, not a timing)
+				g.EvictIdle()
+			}
+			after := heapInUse()
+			b.ReportMetric(float64(peak-before)/n, "peak-bytes/key")
+			b.ReportMetric(float64(int64(after)-int64(before))/n, "bytes/key")
+			runtime.KeepAlive(g)
+		}
+	})
+}
+
+var unsafeSizeofPermit = unsafe.Sizeof(Permit{})
