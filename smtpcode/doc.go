@@ -60,8 +60,8 @@
 //
 // ClassifyError classifies any error a delivery attempt returns: replies
 // via FromError; refused, reset or timed-out connections, EOF, DNS and TLS
-// handshake failures as transient Network (certificate errors as transient
-// TLS); anything unknown as transient Other. context.Canceled gives Rule
+// handshake failures as transient Network (Rule RuleTLS for the latter);
+// anything unknown as transient Other. context.Canceled gives Rule
 // RuleContextCanceled (transient, Category Other) and
 // context.DeadlineExceeded Rule RuleContextDeadline (transient, Network);
 // the error itself stays recognisable with errors.Is, and neither is ever

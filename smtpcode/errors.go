@@ -85,10 +85,12 @@ const (
 	// (context.DeadlineExceeded): Transient, Category Network.
 	RuleContextDeadline = "context-deadline"
 	// RuleNetwork: the connection failed (refused, reset, timeout, EOF,
-	// DNS, TLS handshake): Transient, Category Network.
+	// DNS): Transient, Category Network.
 	RuleNetwork = "network"
-	// RuleTLS: the TLS handshake failed on a certificate the client would not
-	// accept: Transient (the receiver may fix it), Category TLS.
+	// RuleTLS: the TLS handshake failed (a certificate the client would
+	// not accept, an alert, an answer that is not TLS): Transient, Category
+	// Network like any failed connection; the Rule tells it apart, for a
+	// caller that wants to retry without TLS or alert an operator.
 	RuleTLS = "tls-handshake"
 	// RuleUnknownError: an error that is neither a reply nor a known
 	// network failure. Never permanent: it may be anything.
@@ -112,9 +114,8 @@ func ClassifyError(err error) Classification { return defaultClassifier.Classify
 //   - context.DeadlineExceeded, timeouts, refused or reset connections,
 //     EOF, DNS failures, TLS handshake failures and other net.Error values:
 //     Transient, Category Network, Scope connection, Rule
-//     RuleContextDeadline or RuleNetwork.
-//   - certificate errors (unknown authority, wrong host name, expired):
-//     Transient, Category TLS, Rule RuleTLS.
+//     RuleContextDeadline, RuleTLS (handshake: certificates, alerts) or
+//     RuleNetwork.
 //   - a reply that is not valid SMTP (textproto.ProtocolError): Transient,
 //     Category Other, Rule RuleProtocolError.
 //   - anything else: Transient, Category Other, Rule RuleUnknownError.
@@ -139,35 +140,36 @@ func (c *Classifier) ClassifyError(err error) Classification {
 	if _, ok := errors.AsType[textproto.ProtocolError](err); ok {
 		return Classification{Transient: true, Category: Other, Scope: ScopeConnection, Rule: RuleProtocolError}
 	}
-	if isCertificateError(err) {
-		return Classification{Transient: true, Category: TLS, Scope: ScopeConnection, Rule: RuleTLS}
+	if isTLSError(err) {
+		network.Rule = RuleTLS
+		return network
 	}
 	var netErr net.Error
 	var opErr *net.OpError
 	var dnsErr *net.DNSError
-	var recErr tls.RecordHeaderError
-	var alert tls.AlertError
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED),
 		errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, syscall.EHOSTUNREACH),
 		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, os.ErrDeadlineExceeded),
-		errors.As(err, &opErr), errors.As(err, &dnsErr), errors.As(err, &netErr),
-		errors.As(err, &recErr), errors.As(err, &alert):
-		return network
-	}
-	if strings.Contains(err.Error(), "tls: ") {
-		// crypto/tls reports most handshake failures as plain errors.
+		errors.As(err, &opErr), errors.As(err, &dnsErr), errors.As(err, &netErr):
 		return network
 	}
 	return Classification{Transient: true, Category: Other, Scope: ScopeUnknown, Rule: RuleUnknownError}
 }
 
-func isCertificateError(err error) bool {
+func isTLSError(err error) bool {
 	var unknownAuth x509.UnknownAuthorityError
 	var hostname x509.HostnameError
 	var invalid x509.CertificateInvalidError
 	var verify *tls.CertificateVerificationError
-	return errors.As(err, &unknownAuth) || errors.As(err, &hostname) ||
-		errors.As(err, &invalid) || errors.As(err, &verify)
+	var recErr tls.RecordHeaderError
+	var alert tls.AlertError
+	if errors.As(err, &unknownAuth) || errors.As(err, &hostname) || errors.As(err, &invalid) ||
+		errors.As(err, &verify) || errors.As(err, &recErr) || errors.As(err, &alert) {
+		return true
+	}
+	// crypto/tls reports many handshake failures as plain errors
+	// ("tls: handshake failure", "remote error: tls: bad certificate").
+	return strings.Contains(err.Error(), "tls: ")
 }
