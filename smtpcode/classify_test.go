@@ -29,7 +29,7 @@ func TestClassifyThrottlingFamily(t *testing.T) {
 		{"421 4.4.5 Server busy, try again later. - gsmtp", true, Congestion, ScopeConnection, "gmail-4.4.5", 30 * time.Second},
 		{"421 4.4.5 Too many concurrent connections", true, Congestion, ScopeConnection, "text-congestion", 0},
 		{"421 4.4.5 Mail system congestion", true, Congestion, ScopeConnection, "rfc3463-x.4.5", 0},
-		{"452 4.4.5 Messages per second limit exceeded", true, RateLimit, ScopeSession, "gmail-x.4.5-relay-limit", 0},
+		{"452 4.4.5 Messages per second limit exceeded", true, RateLimit, ScopeSession, "x.4.5-rate-limit-text", 0},
 		{"452 4.4.5 Insufficient disk space; try again later", true, System, ScopeConnection, "text-system-storage", 0},
 		{"421 4.7.28 Gmail has detected an unusual rate of mail", true, RateLimit, ScopeConnection, "gmail-4.7.28", 0},
 		{"450 4.2.1 The user you are trying to contact is receiving mail too quickly.", true, RateLimit, ScopeRecipient, "gmail-x.2.1-receiving-rate", 0},

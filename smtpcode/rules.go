@@ -16,10 +16,11 @@ const (
 )
 
 // defaultRules are the built-in rules, tried in order after the user's.
-// Provider rules come first (they know where a code lies), then texts that
-// Postfix, Exim, Sendmail and other MTAs write whatever the code. Every rule
-// is indexed by a basic code, an enhanced code or a class, so a reply only
-// meets the few rules that can apply to it.
+// Provider rules come first (they know where a code lies); they are indexed
+// by a basic code, an enhanced code or a class, so a reply only meets the
+// few that can apply to it. Then come texts that Postfix, Exim, Sendmail
+// and other MTAs write whatever the code; those are tried on every failure
+// reply that no earlier rule claimed, behind a bigram prefilter.
 var defaultRules = []Rule{
 	// RFC 5321 4.5.3.1.10: "552 Too many recipients" must be treated as
 	// temporary (old servers used 552 where 452 is meant).
@@ -55,7 +56,7 @@ var defaultRules = []Rule{
 	{Name: "gmail-4.7.0-rate", Enhanced: ec(4, 7, 0),
 		ContainsAny: []string{"unusual rate", "rate limit", "rate-limit", "rate of", "try again later, closing connection"},
 		Category:    RateLimit, Scope: ScopeConnection},
-	{Name: "gmail-x.4.5-relay-limit", Enhanced: ec(0, 4, 5), ContainsAny: []string{"relay limit", "sending limit", "sending quota", "quota exceeded", "limit exceeded", "per second", "per minute", "per hour"},
+	{Name: "x.4.5-rate-limit-text", Enhanced: ec(0, 4, 5), ContainsAny: []string{"relay limit", "sending limit", "sending quota", "quota exceeded", "limit exceeded", "per second", "per minute", "per hour"},
 		Category: RateLimit, Scope: ScopeSession},
 
 	// Yahoo / AOL: https://senders.yahooinc.com/smtp-error-codes
