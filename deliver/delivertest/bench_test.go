@@ -17,6 +17,10 @@ import (
 // goroutine. Compare msgs/s of the two sub-benchmarks of each pair:
 //
 //	go test -run '^$' -bench AcceptEverything -count 5 ./deliver/delivertest/
+//
+// On a shared machine the runs of one sub-benchmark follow each other, so
+// load that comes and goes lands on one side: BenchmarkRecordingOverhead
+// interleaves the two and is the figure to quote.
 func BenchmarkAcceptEverything(b *testing.B) {
 	msg := "Subject: benchmark\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 16)
 	servers := []struct {
