@@ -593,7 +593,13 @@ func (e *entry) feedback(s Signal, t, started int64) {
 		}
 		e.lastDecrease = t
 		n := max(e.eff*l.decrease, 1)
-		seen := max(float64(e.held-1), 1) // holders the receiver did accept
+		// The receiver accepted the other holders; reported after the
+		// release (no other holder) it accepted one fewer than we allowed.
+		seen := float64(e.held - 1)
+		if e.held <= 1 {
+			seen = math.Floor(e.eff) - 1
+		}
+		seen = max(seen, 1)
 		e.capAt = min(max(n, seen), max(e.eff, 1))
 		e.capUntil = t + l.probeAfter
 		e.eff, e.adapted = n, true

@@ -108,8 +108,18 @@ func (ms *MemoryStore) Reserve(_ context.Context, req *Request) (Grant, error) {
 	if v.retry != unknown {
 		d.RetryAt = en.wall(v.retry)
 	}
-	if req.Try {
+	if req.Try || v.limit == LimitRate || v.limit == LimitConnectionRate {
+		// Try requests never queue; a token due after the deadline means
+		// the caller gives up.
+		if w != nil && w.on != nil {
+			w.on.dequeue(w)
+		}
 		b.unlock(en)
+		if w != nil {
+			ms.mu.Lock()
+			delete(ms.waiters, req.Ticket)
+			ms.mu.Unlock()
+		}
 		return Grant{Decision: d}, nil
 	}
 	if w == nil {

@@ -50,7 +50,9 @@ import (
 //     known RetryAt, or any key whose RetryAt is unknown (zero) in preference
 //     to known ones; a refused non-Try request joins the FIFO queue of that
 //     key under req.Ticket (the same ticket keeps its place if it was
-//     already queued there). Grant.Wake, if not nil, must receive or be
+//     already queued there, and leaves any other key's queue), except when
+//     refused for tokens due after req.Deadline (LimitRate,
+//     LimitConnectionRate): the caller gives up, so it leaves every queue. Grant.Wake, if not nil, must receive or be
 //     closed when something changes that may let the request succeed before
 //     RetryAt (a slot released, a resume, a ticket ahead leaving the queue,
 //     an increase of concurrency); the Governor also retries at RetryAt, and
