@@ -218,10 +218,10 @@ func (c *Classifier) Classify(r Reply) Classification {
 		// classifier that bounced mail on garbage would lose mail.
 		return Classification{Transient: true, Rule: RuleMalformed}
 	}
-	// The text lower-cased, white space collapsed, once; on the stack
-	// unless it is long.
-	var scratch [512]byte
-	ti := textIndex{t: normalize(scratch[:0], r.Text)}
+	// The text is lower-cased and its white space collapsed only when a
+	// rule first looks at it, on the stack unless it is long.
+	var ti textIndex
+	ti.raw = r.Text
 
 	if i, ok := c.match(r, class, &ti); ok {
 		cr := &c.rules[i]
@@ -241,7 +241,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 			out.Scope = DefaultScope(out.Category)
 		}
 		if out.Transient {
-			out.RetryAfter = retryHint(ti.t)
+			out.RetryAfter = ti.retryHint()
 			if out.RetryAfter == 0 {
 				out.RetryAfter = cr.RetryAfter
 			}
@@ -259,7 +259,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 		out.Scope = DefaultScope(out.Category)
 	}
 	if out.Transient {
-		out.RetryAfter = retryHint(ti.t)
+		out.RetryAfter = ti.retryHint()
 	}
 	return out
 }
@@ -345,7 +345,12 @@ func (cr *compiledRule) matches(r Reply, class int, ti *textIndex) bool {
 		return true
 	}
 	for i := range cr.any {
-		if ti.contains(&cr.any[i]) {
+		n := &cr.any[i]
+		// Inline the cheapest rejection: the needle's rarest bigram.
+		if ti.built && len(n.bigrams) > 0 && ti.set[n.bigrams[0]>>6]&(1<<(n.bigrams[0]&63)) == 0 {
+			continue
+		}
+		if ti.contains(n) {
 			return true
 		}
 	}

@@ -5,16 +5,46 @@ import (
 	"time"
 )
 
-// textIndex is a reply's normalized text and, once several needles have
-// been searched in a long text, the set of its bigrams: most needles are
-// then ruled out by a few bit tests instead of a substring search. The
-// first searches go straight to bytes.Contains, so a reply that a provider
-// rule claims at once never pays for the set.
+// textIndex is a reply's text as rules see it: lower-cased, white space
+// collapsed (built on first use), and, once several needles have been
+// searched in a long text, the set of its bigrams: most needles are then
+// ruled out by a few bit tests instead of a substring search. The first
+// searches go straight to bytes.Contains, so a reply that a provider rule
+// claims at once never pays for the set, and a rule without text
+// conditions never pays for the normalization.
+//
+// The normalized text lives in buf (or long, past len(buf)) and is sliced
+// on each use rather than stored as a slice of buf, so that a textIndex on
+// the stack stays there.
 type textIndex struct {
-	t        []byte
+	raw      string
+	n        int  // length of the normalized text in buf
+	norm     bool // the text has been normalized
+	long     []byte
 	searches int
 	built    bool
 	set      [64]uint64 // 4096 bits
+	buf      [512]byte
+}
+
+// text returns the normalized text.
+func (ti *textIndex) text() []byte {
+	if !ti.norm {
+		ti.normalize()
+	}
+	if ti.long != nil {
+		return ti.long
+	}
+	return ti.buf[:ti.n]
+}
+
+func (ti *textIndex) normalize() {
+	if len(ti.raw) > len(ti.buf) {
+		ti.long = normalize(nil, ti.raw)
+	} else {
+		ti.n = len(normalize(ti.buf[:0], ti.raw))
+	}
+	ti.norm = true
 }
 
 const (
@@ -27,15 +57,16 @@ const (
 func bigram(a, b byte) uint16 { return (uint16(a)<<6 ^ uint16(b)) & 4095 }
 
 func (ti *textIndex) contains(n *needle) bool {
-	if len(n.b) > len(ti.t) {
+	t := ti.text()
+	if len(n.b) > len(t) {
 		return false
 	}
-	if len(ti.t) >= shortText {
+	if len(t) >= shortText {
 		if !ti.built {
 			ti.searches++
 			if ti.searches > directSearches {
-				for i := 0; i+1 < len(ti.t); i++ {
-					h := bigram(ti.t[i], ti.t[i+1])
+				for i := 0; i+1 < len(t); i++ {
+					h := bigram(t[i], t[i+1])
 					ti.set[h>>6] |= 1 << (h & 63)
 				}
 				ti.built = true
@@ -49,7 +80,7 @@ func (ti *textIndex) contains(n *needle) bool {
 			}
 		}
 	}
-	return bytes.Contains(ti.t, n.b)
+	return bytes.Contains(t, n.b)
 }
 
 // normalize appends s to dst lower-cased (ASCII) with every run of white
@@ -108,8 +139,15 @@ var hintTriggers = [...][]byte{
 // maxHint caps what a server's text can ask for.
 const maxHint = 24 * time.Hour
 
-// retryHint returns the first delay the text asks for, or 0. t is the
-// normalized text.
+// retryHint returns the first delay the reply's text asks for, or 0.
+func (ti *textIndex) retryHint() time.Duration {
+	if !hasDigit(ti.raw) {
+		return 0
+	}
+	return retryHint(ti.text())
+}
+
+// retryHint returns the first delay the normalized text t asks for, or 0.
 func retryHint(t []byte) time.Duration {
 	// Look only where a number starts after a space, then check the words
 	// before it: one pass, whatever the number of triggers.
