@@ -429,6 +429,13 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 			return
 		}
 		// Each transaction takes a message token on the site's keys.
+		if o, retryAt := s.learnedRateWait(ctx, waitCtx, poolKey{st.src, rt.site}); o != nil {
+			if attempts > 0 {
+				o = nil
+			}
+			finishPending(o, retryAt)
+			return
+		}
 		if o, retryAt := s.take(waitCtx, rt.site, keys); o != nil {
 			if attempts > 0 {
 				o = nil
@@ -511,7 +518,10 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 			st.finish(i, &o, time.Time{})
 		}
 		if !ss.exhausted {
-			s.feedbackTransaction(ss, pairKey, lastOut, accepted)
+			s.feedbackTransaction(ss, pairKey, lastOut, accepted, start)
+			if accepted > 0 {
+				s.learn.delivered(poolKey{st.src, rt.site}, time.Now())
+			}
 		}
 		if s.cfg.Hooks.Attempt != nil {
 			s.cfg.Hooks.Attempt(AttemptInfo{Site: rt.site, Host: ss.host.name, SourceIP: st.src,
@@ -660,7 +670,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 				return ss, nil, time.Time{}
 			}
 			last = o
-			s.feedbackConnect(keys[2], p, o)
+			s.feedbackConnect(k, p, o)
 			// The next MX is tried after a network failure or a refusal
 			// (even a 5xx one: Postfix's smtp_skip_5xx_greeting), but not
 			// after a throttle of the whole site.
@@ -690,15 +700,22 @@ func siteThrottled(o *outcome) bool {
 }
 
 // feedbackConnect tells the governor how a connection attempt failed.
-func (s *Sender) feedbackConnect(key string, p permit, o *outcome) {
+func (s *Sender) feedbackConnect(k poolKey, p permit, o *outcome) {
+	key := connKeys(k.src, k.site)[2]
 	sig := governor.Signal{Started: p.Acquired(), Reason: o.reply.String()}
 	switch o.class.Category {
 	case smtpcode.Congestion:
 		sig.Kind = governor.Congestion
-	case smtpcode.RateLimit:
+	case smtpcode.RateLimit, smtpcode.Reputation:
+		// Yahoo's [TSS04] and Microsoft's 4.7.650 are rate limits by
+		// reputation: slow down as for a rate limit.
+		if !o.class.Transient {
+			return
+		}
 		sig.Kind = governor.RateLimited
+		s.learn.rateLimited(k, p.Acquired())
 	default:
-		if isContextErr(o.err) || o.local {
+		if isContextErr(o.err) || o.local || (o.hasReply() && !o.class.Transient) {
 			return
 		}
 		sig.Kind = governor.Failure
@@ -710,19 +727,64 @@ func (s *Sender) feedbackConnect(key string, p permit, o *outcome) {
 }
 
 // feedbackTransaction tells the governor how a transaction went.
-func (s *Sender) feedbackTransaction(ss *session, key string, last outcome, accepted int) {
+// start is when the transaction began.
+func (s *Sender) feedbackTransaction(ss *session, key string, last outcome, accepted int, start time.Time) {
 	started := ss.permit.Acquired()
 	switch {
 	case accepted > 0:
 		s.lim.feedback(key, governor.Signal{Kind: governor.Success, Started: started})
 	case last.class.Category == smtpcode.Congestion:
 		s.lim.feedback(key, governor.Signal{Kind: governor.Congestion, Started: started, Reason: last.reply.String()})
-	case last.class.Category == smtpcode.RateLimit && (last.class.Scope == smtpcode.ScopeConnection || last.class.Scope == smtpcode.ScopeSession):
+	case (last.class.Category == smtpcode.RateLimit || last.class.Category == smtpcode.Reputation) && last.class.Transient &&
+		(last.class.Scope == smtpcode.ScopeConnection || last.class.Scope == smtpcode.ScopeSession):
 		s.lim.feedback(key, governor.Signal{Kind: governor.RateLimited, Started: started, Reason: last.reply.String()})
+		if ss.site != "" {
+			s.learn.rateLimited(poolKey{ss.sourceIP, ss.site}, start)
+		}
 	}
 	// A connection lost mid-transaction is not reported as a Failure: as
 	// in Postfix, only failures to connect or to complete the handshake
 	// count toward the cohort that suspends a site (feedbackConnect).
+}
+
+// learnedRateWait waits for the rate learned from k's rate-limit replies,
+// if one is in force. A wait that would outlast waitCtx is not made: it
+// returns a *governor.WaitError (not an attempt) and when to retry.
+func (s *Sender) learnedRateWait(ctx, waitCtx context.Context, k poolKey) (*outcome, time.Time) {
+	lim := s.learn.rateLimiter(k)
+	if lim == nil {
+		return nil, time.Time{}
+	}
+	now := time.Now()
+	r := lim.ReserveN(now, 1)
+	d := r.DelayFrom(now)
+	if d == 0 {
+		return nil, time.Time{}
+	}
+	at := now.Add(d)
+	dec := governor.Decision{RetryAt: at, Key: connKeys(k.src, k.site)[2], Limit: governor.LimitRate, Reason: "rate learned from the receiver's rate-limit replies"}
+	if dl, ok := waitCtx.Deadline(); ok && at.After(dl) {
+		r.CancelAt(now)
+		err := &governor.WaitError{Decision: dec, Err: context.DeadlineExceeded}
+		return &outcome{err: err, class: smtpcode.ClassifyError(err)}, at
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		if s.cfg.Hooks.Wait != nil {
+			dec.OK, dec.Start, dec.Waited = true, time.Now(), d
+			s.cfg.Hooks.Wait(WaitInfo{Site: k.site, Keys: []string{dec.Key}, Decision: dec})
+		}
+		return nil, time.Time{}
+	case <-waitCtx.Done():
+		r.Cancel()
+		if ctx.Err() != nil {
+			return s.errOutcome(ctx, ctx.Err()), at
+		}
+		err := &governor.WaitError{Decision: dec, Err: waitCtx.Err()}
+		return &outcome{err: err, class: smtpcode.ClassifyError(err)}, at
+	}
 }
 
 // take takes one message token on keys, waiting at most as long as ctx

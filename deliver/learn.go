@@ -3,6 +3,8 @@ package deliver
 import (
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // DefaultLearnFor is how long a concurrency learned from a receiver's
@@ -30,6 +32,14 @@ type learned struct {
 	// its 421 at MAIL; 0: none known. It expires with perConnUntil.
 	perConn      int
 	perConnUntil time.Time
+
+	// Rate learning: recent delivery times, and the learned limit.
+	sent      [rateSamples]time.Time
+	nsent     int
+	rl        *rate.Limiter
+	rlUntil   time.Time
+	rlCeiling rate.Limit
+	lastCut   time.Time
 }
 
 func (l *learner) get(k poolKey) *learned {
@@ -46,7 +56,9 @@ func (l *learner) get(k poolKey) *learned {
 
 func (l *learner) forget(k poolKey, e *learned) {
 	now := time.Now()
-	if e.live == 0 && e.dialing == 0 && (e.limit == 0 || !now.Before(e.until)) && (e.perConn == 0 || !now.Before(e.perConnUntil)) {
+	if e.live == 0 && e.dialing == 0 && (e.limit == 0 || !now.Before(e.until)) &&
+		(e.perConn == 0 || !now.Before(e.perConnUntil)) && (e.rl == nil || !now.Before(e.rlUntil)) &&
+		(e.nsent == 0 || now.Sub(e.sent[(e.nsent-1)%rateSamples]) > time.Minute) {
 		delete(l.m, k)
 	}
 }
@@ -129,4 +141,88 @@ func (l *learner) perConn(k poolKey) int {
 		return e.perConn
 	}
 	return 0
+}
+
+// Rate learning. A receiver's rate-limit reply (421 4.7.28, Yahoo's
+// [TSS04], Microsoft's 4.7.650) says "slower", not how slow. deliver
+// measures the rate it was delivering at to that source IP and site, and
+// halves it (as TCP halves its window); each delivery then raises the rate
+// by 0.5%, up to 90% of the rate that was refused (so an over-cut, as
+// after Yahoo's penalty period that keeps refusing once tripped, recovers).
+// A refusal cuts again only for work started after the last cut. A learned
+// rate lapses DefaultLearnFor after the last cut.
+const (
+	rateSamples = 32
+	minLearned  = rate.Limit(1.0 / 20) // never slower than one message per 20 s
+	rateGrowth  = 1.005
+	rateCeiling = 0.9
+)
+
+// delivered records a delivery to k.
+func (l *learner) delivered(k poolKey, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.get(k)
+	e.sent[e.nsent%rateSamples] = now
+	e.nsent++
+	if e.rl != nil && now.Before(e.rlUntil) {
+		if r := min(e.rl.Limit()*rateGrowth, e.rlCeiling); r > e.rl.Limit() {
+			e.rl.SetLimitAt(now, r)
+		}
+	}
+}
+
+// measured returns the delivery rate of the recent samples, 0 if unknown.
+func (e *learned) measured(now time.Time) rate.Limit {
+	n := min(e.nsent, rateSamples)
+	if n < 2 {
+		return 0
+	}
+	newest := e.sent[(e.nsent-1)%rateSamples]
+	oldest := e.sent[(e.nsent-n)%rateSamples]
+	if span := newest.Sub(oldest); span > 0 && now.Sub(newest) < time.Minute {
+		return rate.Limit(float64(n-1) / span.Seconds())
+	}
+	return 0
+}
+
+// rateLimited halves the rate to k after a rate-limit reply to work that
+// started at started.
+func (l *learner) rateLimited(k poolKey, started time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.get(k)
+	now := time.Now()
+	active := e.rl != nil && now.Before(e.rlUntil)
+	if active && !started.After(e.lastCut) {
+		return // same failure run: already cut
+	}
+	var refused rate.Limit
+	switch {
+	case active:
+		refused = e.rl.Limit()
+	case e.measured(now) > 0:
+		refused = e.measured(now)
+	default:
+		refused = 2 // refused before any measure: one a second, then halving
+	}
+	r := max(refused/2, minLearned)
+	e.rlCeiling = max(refused*rateCeiling, r)
+	if e.rl == nil {
+		e.rl = rate.NewLimiter(r, 1)
+	} else {
+		e.rl.SetLimitAt(now, r)
+	}
+	e.lastCut = now
+	e.rlUntil = now.Add(DefaultLearnFor)
+}
+
+// rateLimiter returns the learned limiter of k, nil when none is in force.
+func (l *learner) rateLimiter(k poolKey) *rate.Limiter {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.m[k]; e != nil && e.rl != nil && time.Now().Before(e.rlUntil) {
+		return e.rl
+	}
+	return nil
 }

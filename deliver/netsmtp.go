@@ -121,7 +121,7 @@ func (s *Sender) SendNetSMTP(ctx context.Context, c *netsmtp.Client, host string
 			}
 		}
 	}
-	s.feedbackTransaction(&session{permit: pm}, keys[2], last, accepted)
+	s.feedbackTransaction(&session{permit: pm}, keys[2], last, accepted, start)
 	if s.cfg.Hooks.Attempt != nil {
 		s.cfg.Hooks.Attempt(AttemptInfo{Site: site, Host: host, SourceIP: st.src, Recipients: len(res), Accepted: accepted,
 			Reply: last.reply, Class: last.class, Err: last.err, Duration: time.Since(start)})
