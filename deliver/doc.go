@@ -39,7 +39,9 @@
 // "site:<site>" and "ip:<source>|site:<site>" (source "any" when the
 // system picks it). Each transaction takes one message token on them, and
 // each message one token on its own Message.Keys (a sending mailbox, a
-// tenant): rate, daily quota, send window, jitter. [DefaultPolicy] allows 2
+// tenant): rate, daily quota, send window, jitter. The message's token is
+// taken when Send starts, so a message that is then deferred has used its
+// quota unit (the governor offers no give-back for a used token). [DefaultPolicy] allows 2
 // connections per source IP to Google, 4 to Yahoo, 5 to Microsoft and 5 to
 // everyone else; replace it with Config.Policy or Config.Governor.
 //
@@ -47,9 +49,18 @@
 // refusal (Gmail's 421 4.4.5) shrinks the source x site concurrency, a rate
 // limit (421 4.7.28, Yahoo's [TSS04]) lowers its rate, network failures
 // count toward a suspension, successes grow it back. deliver also learns
-// exactly how many connections the receiver accepted when it refused one
-// (its greeted sessions) and opens no more than that for 10 minutes
-// ([DefaultLearnFor]). Within Send, a recipient whose connection was
+// what only it can measure, per source IP and site, for [DefaultLearnFor]
+// (10 minutes) after the last lesson:
+//   - how many connections the receiver accepted when it refused one (its
+//     greeted sessions): no more are opened, so a receiver capped at N never
+//     sees N+1 again after its first refusal;
+//   - the rate it was delivering at when a rate-limit reply came: it halves
+//     it, then grows 0.5% per delivery up to 90% of the refused rate;
+//   - a receiver's messages-per-connection cap ("421 Max messages per
+//     connection" at MAIL): the message goes on a new connection at once,
+//     not counted as an attempt, and later connections stop before the cap.
+//
+// Within Send, a recipient whose connection was
 // refused or lost is retried on another connection (an idle one at once, a
 // new one after the backoff delay for congestion) while Config.MaxWait and
 // ctx allow, at most Config.MaxAttempts times; then it comes back
