@@ -81,7 +81,14 @@ var defaultRules = []Rule{
 	{Name: "microsoft-5.7.511-banned-sender", Enhanced: ec(5, 7, 511), Category: Reputation, Scope: ScopeSession},
 	{Name: "microsoft-5.7.512-rfc5322", Enhanced: ec(5, 7, 512), Category: Syntax},
 	{Name: "microsoft-5.7.7xx-tenant", Enhanced: ec(5, 7, 700), EnhancedTo: ec(5, 7, 750), Category: Reputation, Scope: ScopeConnection},
-	{Name: "microsoft-5.4.1-dbeb", Enhanced: ec(5, 4, 1), Contains: []string{"access denied"}, Category: UnknownUser},
+	// Directory-Based Edge Blocking: the recipient is not in the directory.
+	{Name: "microsoft-5.4.1-dbeb", Enhanced: ec(5, 4, 1), Contains: []string{"recipient address rejected", "access denied"}, Category: UnknownUser},
+	{Name: "microsoft-4.7.85x-suspicious-ip", Enhanced: ec(4, 7, 850), EnhancedTo: ec(4, 7, 899), Category: Reputation, Scope: ScopeConnection},
+	{Name: "microsoft-5.7.50x-spam-abuse", Enhanced: ec(5, 7, 501), EnhancedTo: ec(5, 7, 503), Category: Reputation, Scope: ScopeSession},
+	{Name: "microsoft-5.1.8-bad-outbound-sender", Enhanced: ec(5, 1, 8), Contains: []string{"bad outbound sender"}, Category: Reputation, Scope: ScopeSession},
+	// DANE and DNSSEC failures towards the destination (x.7.321-x.7.325).
+	{Name: "microsoft-x.7.32x-dane", Enhanced: ec(0, 7, 321), EnhancedTo: ec(0, 7, 325), Category: TLS, Scope: ScopeConnection},
+	{Name: "microsoft-x.4.316-refused", Enhanced: ec(0, 4, 316), Category: Network, Scope: ScopeConnection},
 	{Name: "microsoft-5.1.10", Enhanced: ec(5, 1, 10), ContainsAny: []string{"recipientnotfound", "recipient not found"}, Category: UnknownUser},
 	{Name: "microsoft-x.4.31x-dns", Enhanced: ec(0, 4, 310), EnhancedTo: ec(0, 4, 312), Category: UnknownDomain},
 	{Name: "microsoft-5.7.1-block-list", Enhanced: ec(5, 7, 1), ContainsAny: []string{"block list", "(s3150)", "(s3140)"},
