@@ -106,6 +106,7 @@ var defaultRules = []Rule{
 	// Apple iCloud Mail: https://support.apple.com/en-us/102322 (HT204137)
 	{Name: "apple-hme1", Class: 5, Contains: []string{"[hme1]"}, Category: Authentication},
 	{Name: "apple-local-policy", Class: 5, ContainsAny: []string{"[cs01]", "[cs02]", "[hm07]", "[hm08]"}, Category: Policy},
+	{Name: "apple-excessive-volume", Class: 4, Contains: []string{"deferred due to excessive volume"}, Category: RateLimit, Scope: ScopeRecipient},
 	{Name: "apple-not-accepting", Code: 554, Contains: []string{"not accepting connections"}, Category: Reputation, Scope: ScopeConnection},
 
 	// Comcast / Xfinity: https://postmaster.comcast.net/smtp-error-codes.php
@@ -162,7 +163,7 @@ var defaultRules = []Rule{
 	{Name: "text-rate-limit", ContainsAny: []string{"rate limit", "rate-limit", "ratelimit", "rate limited", "too many messages",
 		"too much mail", "too many recipients", "frequency limited", "receiving mail too quickly", "receiving mail at a rate",
 		"messages per", "relay limit exceeded", "sending limit", "quota exceeded for sending", "exceeded its quota for sending",
-		"submissionquotaexceeded", "thread limit exceeded", "sending rate", "sending quota", "we have limits for how many messages"},
+		"submissionquotaexceeded", "thread limit exceeded", "sending rate", "sending quota", "excessive volume", "we have limits for how many messages"},
 		Category: RateLimit, Scope: ScopeSession},
 	{Name: "text-reputation", ContainsAny: []string{"open relay", "blocked using", "block list", "blocklist", "blacklist", "blocklisted",
 		"spamhaus", "dnsbl", "spamcop", "sorbs", "barracudacentral", "reputation", "blocked for spam", "client host blocked",
@@ -176,7 +177,7 @@ var defaultRules = []Rule{
 		"recipient not found", "mailbox not found", "mailbox does not exist", "address does not exist",
 		"user not found", "no mailbox", "mailbox is disabled", "mailbox is frozen", "account is disabled", "account is blocked",
 		"account has been disabled", "this user doesn't have a", "does not have an account", "temporary locked", "inactive email address",
-		"not our user", "no longer on server"},
+		"not our user", "no longer on server", "unknown or illegal alias", "user does not exist"},
 		Category: UnknownUser, Scope: ScopeRecipient},
 	{Name: "text-unknown-domain", ContainsAny: []string{"host unknown", "no such domain", "domain not found", "unroutable", "unresolvable",
 		"domain is not reachable", "does not accept mail", "dns query failed", "invalid domain", "domain does not exist"},
