@@ -35,9 +35,10 @@ type shard struct {
 // entry is one key's state. Times are ticks: nanoseconds since engine.epoch,
 // read from the monotonic clock.
 type entry struct {
-	key string
-	pol *compiledPolicy // policy the cached lim came from
-	lim *climits
+	key   string
+	shard *shard          // the shard holding it
+	pol   *compiledPolicy // policy the cached lim came from
+	lim   *climits
 
 	held int       // slots held
 	q    []*waiter // FIFO of waiters blocked on this key; q[0] is the head
@@ -86,6 +87,14 @@ func newEngine(epoch time.Time, idle time.Duration) *engine {
 
 func (en *engine) tick(now time.Time) int64 { return int64(now.Sub(en.epoch)) }
 
+// clock is the one place the in-memory governor reads time: the monotonic
+// time since the epoch (one clock read, cheaper than time.Now, and faked by
+// testing/synctest like time.Now), and the wall time derived from it.
+func (en *engine) clock() (time.Time, int64) {
+	t := int64(time.Since(en.epoch))
+	return en.epoch.Add(time.Duration(t)), t
+}
+
 func (en *engine) wall(t int64) time.Time { return en.epoch.Add(time.Duration(t)) }
 
 func (en *engine) shardOf(key string) int {
@@ -100,7 +109,7 @@ func (en *engine) get(s *shard, key string, cp *compiledPolicy, t int64) *entry 
 	if en.idle >= 0 && t >= s.nextSweep {
 		en.sweep(s, t)
 	}
-	e := &entry{key: key, lastDecrease: math.MinInt64, rateMul: 1, lastUsed: t}
+	e := &entry{key: key, shard: s, lastDecrease: math.MinInt64, rateMul: 1, lastUsed: t}
 	if cp != nil {
 		e.pol = cp
 		e.setLim(cp.lookup(key))

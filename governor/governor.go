@@ -113,13 +113,13 @@ func (p Permit) Release() {
 	g := st.g
 	if st.req != nil {
 		req := st.req
-		req.Now = time.Now()
+		req.Now = g.now()
 		_ = g.store.Release(context.Background(), req)
 		st.req = nil
 	} else {
 		ents := st.ents
 		if len(ents) == 1 {
-			s := &g.mem.shards[g.mem.shardOf(ents[0].key)]
+			s := ents[0].shard
 			s.mu.Lock()
 			g.mem.release(ents)
 			s.mu.Unlock()
@@ -245,6 +245,7 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 // slice of its own arrays, so that it stays on the caller's stack.
 type batch struct {
 	nk, ne, ns int
+	s0         *shard // the shard of a single key
 	kbuf       [4]string
 	ebuf       [4]*entry
 	sbuf       [4]int
@@ -341,9 +342,11 @@ func (b *batch) setEnts(en *engine, ents []*entry) {
 func (b *batch) resolve(en *engine, cp *compiledPolicy, t int64) {
 	keys := b.keys()
 	if len(keys) == 1 {
-		s := &en.shards[en.shardOf(keys[0])]
-		s.mu.Lock()
-		b.ebuf[0] = en.get(s, keys[0], cp, t)
+		if b.s0 == nil {
+			b.s0 = &en.shards[en.shardOf(keys[0])]
+		}
+		b.s0.mu.Lock()
+		b.ebuf[0] = en.get(b.s0, keys[0], cp, t)
 		b.ne = 1
 		return
 	}
@@ -368,7 +371,10 @@ func (b *batch) resolve(en *engine, cp *compiledPolicy, t int64) {
 
 func (b *batch) lock(en *engine) {
 	if b.ns == 0 && b.sbig == nil {
-		en.shards[en.shardOf(b.keys()[0])].mu.Lock()
+		if b.s0 == nil {
+			b.s0 = &en.shards[en.shardOf(b.keys()[0])]
+		}
+		b.s0.mu.Lock()
 		return
 	}
 	for _, i := range b.shards() {
@@ -378,7 +384,7 @@ func (b *batch) lock(en *engine) {
 
 func (b *batch) unlock(en *engine) {
 	if b.ns == 0 && b.sbig == nil {
-		en.shards[en.shardOf(b.keys()[0])].mu.Unlock()
+		b.s0.mu.Unlock()
 		return
 	}
 	for _, i := range b.shards() {
@@ -389,7 +395,7 @@ func (b *batch) unlock(en *engine) {
 // memRun runs one request against the in-memory state.
 func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (Decision, error) {
 	en := g.mem
-	now := time.Now()
+	now, t := en.clock()
 	if b.nk == 0 && b.kbig == nil {
 		return Decision{OK: true, Start: now}, nil
 	}
@@ -412,7 +418,6 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 		}
 	}()
 	for {
-		t := en.tick(now)
 		cp := g.policy.Load()
 		b.resolve(en, cp, t)
 		v := en.eval(b.ents(), kind, now, t, w, cp, try, deadline)
@@ -446,14 +451,16 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 			}
 			d.Start = en.wall(start)
 			if err := sleepCtx(ctx, &timer, time.Duration(start-t)); err != nil {
-				b.resolve(en, g.policy.Load(), en.tick(time.Now()))
-				en.undo(b.ents(), kind, v.start, en.tick(time.Now()))
+				_, tn := en.clock()
+				b.resolve(en, g.policy.Load(), tn)
+				en.undo(b.ents(), kind, v.start, tn)
 				b.unlock(en)
 				d.OK = false
 				d.RetryAt = d.Start
 				return d, &WaitError{Decision: d, Err: err}
 			}
-			d.Waited = time.Since(first)
+			nw, _ := en.clock()
+			d.Waited = nw.Sub(first)
 			return d, nil
 		}
 		d := Decision{Key: b.ents()[v.idx].key, Limit: v.limit, Reason: v.reason}
@@ -486,14 +493,15 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 		case <-w.ch:
 		case <-tc:
 		case <-ctx.Done():
-			b.resolve(en, g.policy.Load(), en.tick(time.Now()))
+			_, tn := en.clock()
+			b.resolve(en, g.policy.Load(), tn)
 			if w.on != nil {
 				w.on.dequeue(w)
 			}
 			b.unlock(en)
 			return d, &WaitError{Decision: d, Err: ctx.Err()}
 		}
-		now = time.Now()
+		now, t = en.clock()
 	}
 }
 
@@ -543,7 +551,7 @@ func (g *Governor) Feedback(key string, s Signal) error {
 	if key == "" {
 		return ErrInvalidKey
 	}
-	now := time.Now()
+	now, t := g.mem.clock()
 	if s.Started.IsZero() {
 		s.Started = now
 	}
@@ -552,7 +560,6 @@ func (g *Governor) Feedback(key string, s Signal) error {
 		return storeErr(g.store.Feedback(context.Background(), now, key, cp.lookup(key).raw, s))
 	}
 	en := g.mem
-	t := en.tick(now)
 	sh := &en.shards[en.shardOf(key)]
 	sh.mu.Lock()
 	e := en.get(sh, key, cp, t)
@@ -655,7 +662,7 @@ func (g *Governor) setSuspension(key string, until time.Time, reason string) err
 	if key == "" {
 		return ErrInvalidKey
 	}
-	now := time.Now()
+	now := g.now()
 	if g.store != nil {
 		if until.IsZero() {
 			return storeErr(g.store.Resume(context.Background(), now, key))
@@ -691,7 +698,7 @@ func (e *entry) setSuspension(en *engine, until time.Time, reason string) {
 // by key. It locks one shard at a time, so it is cheap but not atomic across
 // keys.
 func (g *Governor) Snapshot() ([]KeyState, error) {
-	now := time.Now()
+	now := g.now()
 	cp := g.policy.Load()
 	if g.store != nil {
 		ks, err := g.store.Snapshot(context.Background(), now)
@@ -776,7 +783,7 @@ func tokens(tat, t, iv, burst int64) float64 {
 
 // EvictIdle forgets every key that has been quiescent for the idle timeout
 // now, instead of waiting for the lazy sweep that runs as keys are created.
-func (g *Governor) EvictIdle() { g.mem.evictIdle(time.Now()) }
+func (g *Governor) EvictIdle() { g.mem.evictIdle(g.now()) }
 
 func (en *engine) evictIdle(now time.Time) {
 	if en.idle < 0 {
@@ -793,4 +800,10 @@ func (en *engine) evictIdle(now time.Time) {
 
 func (g *Governor) newTicket() string {
 	return g.prefix + "-" + strconv.FormatUint(g.tickets.Add(1), 36)
+}
+
+// now reads the governor's clock (see engine.clock).
+func (g *Governor) now() time.Time {
+	n, _ := g.mem.clock()
+	return n
 }

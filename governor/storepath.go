@@ -29,7 +29,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 	sorted := slices.Clone(keys)
 	slices.Sort(sorted)
 	sorted = slices.Compact(sorted)
-	now := time.Now()
+	now := g.now()
 	if len(sorted) == 0 {
 		return Decision{OK: true, Start: now}, nil, nil
 	}
@@ -86,16 +86,16 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 					d.Start = start
 				}
 			}
-			if wait := start.Sub(time.Now()); wait > 0 {
+			if wait := start.Sub(g.now()); wait > 0 {
 				if err := sleepCtx(ctx, &timer, wait); err != nil {
-					req.Now = time.Now()
+					req.Now = g.now()
 					_ = g.store.Cancel(bg, req, gr)
 					d.OK, d.RetryAt = false, start
 					return d, nil, &WaitError{Decision: d, Err: err}
 				}
 			}
 			if queued || start.After(first) {
-				d.Waited = time.Since(first)
+				d.Waited = g.now().Sub(first)
 			}
 			return d, req, nil
 		}
@@ -106,7 +106,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		}
 		queued = true
 		if !d.RetryAt.IsZero() && !req.Deadline.IsZero() && d.RetryAt.After(req.Deadline) {
-			req.Now = time.Now()
+			req.Now = g.now()
 			_ = g.store.Cancel(bg, req, Grant{})
 			return d, nil, &WaitError{Decision: d, Err: context.DeadlineExceeded}
 		}
@@ -125,11 +125,11 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		case <-gr.Wake:
 		case <-tc:
 		case <-ctx.Done():
-			req.Now = time.Now()
+			req.Now = g.now()
 			_ = g.store.Cancel(bg, req, Grant{})
 			return d, nil, &WaitError{Decision: d, Err: ctx.Err()}
 		}
-		now = time.Now()
+		now = g.now()
 	}
 }
 
