@@ -121,7 +121,17 @@ var defaultRules = []Rule{
 	{Name: "comcast-es", Class: 5, ContainsAny: []string{"es000001", "es000010"}, Category: Policy, Scope: ScopeConnection},
 
 	// Cox: https://www.cox.com/residential/support/email-error-codes.html
-	{Name: "cox-aup-blocklist", Class: 5, ContainsAny: []string{"aup#cdrbl", "aup#cxbl", "aup#rbl", "aup#bl"}, Category: Reputation, Scope: ScopeConnection},
+	// (AUP# codes; meanings as listed there and in sisimai's Rhost/Cox.pm).
+	{Name: "cox-aup-cxcnct", ContainsAny: []string{"aup#cxcnct", "too many sessions from"}, Class: 4,
+		Category: Congestion, Scope: ScopeConnection}, // over 10 concurrent connections per IP
+	{Name: "cox-aup-cxmxrt", ContainsAny: []string{"aup#cxmxrt", "message threshold exceeded"}, Category: RateLimit, Scope: ScopeConnection},
+	{Name: "cox-aup-blocklist", ContainsAny: []string{"aup#cdrbl", "aup#cxbl", "aup#ipbl", "aup#rbl", "aup#bl"},
+		Category: Reputation, Scope: ScopeConnection},
+	{Name: "cox-aup-account", ContainsAny: []string{"aup#cxthrt", "aup#cxmj"}, Category: Reputation, Scope: ScopeSession},
+	{Name: "cox-aup-cxdns", ContainsAny: []string{"aup#cxdns"}, Category: Policy, Scope: ScopeConnection},
+	{Name: "cox-aup-cxsndr", ContainsAny: []string{"aup#cxsndr"}, Category: Authentication},
+	{Name: "cox-aup-cxsmtp", ContainsAny: []string{"aup#cxsmtp"}, Category: Policy, Scope: ScopeConnection},
+	{Name: "cox-aup-urlbl", ContainsAny: []string{"aup#urlbl"}, Category: Spam},
 	// GoDaddy: IB607 too many recipients per hour, IB508 SPF.
 	{Name: "godaddy-ib607", Class: 5, ContainsAny: []string{"ib607", "too many recipients this hour"}, Category: RateLimit},
 	// Orange / La Poste "service refused" (LPN001, LPN006).
