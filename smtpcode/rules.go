@@ -142,7 +142,7 @@ var defaultRules = []Rule{
 	// Greylisting (postgrey, milter-greylist, sqlgrey, Exim, Mimecast).
 	{Name: "text-greylist", Class: 4,
 		ContainsAny: []string{"greylist", "graylist", "grey-list", "gray-list", "greylisting", "postgrey", "please come back in",
-			"mimecast.com/docs/doc-1369#451", "internal resource temporarily unavailable"},
+			"internal resource temporarily unavailable", "internal resources are temporarily unavailable"},
 		Category: Greylist, Scope: ScopeRecipient, RetryAfter: greylistRetry},
 	// Gmail files RFC 5322 violations (several Subject or From headers)
 	// under its sender policy.
@@ -162,7 +162,8 @@ var defaultRules = []Rule{
 	{Name: "text-authentication", ContainsAny: []string{"dmarc", "spf", "dkim", "unauthenticated", "authentication checks",
 		"authentication information", "purported responsible address", "sender id", "authentication level"},
 		Category: Authentication, Scope: ScopeMessage},
-	{Name: "text-tls", ContainsAny: []string{"starttls", "tls not available", "tls required", "must use tls", "encryption required"},
+	{Name: "text-tls", ContainsAny: []string{"starttls", "tls not available", "tls required", "must use tls", "encryption required",
+		"requires encryption", "requires tls"},
 		Category: TLS, Scope: ScopeConnection},
 	{Name: "text-too-many-recipients", Contains: []string{"too many recipients"}, Category: RateLimit, Scope: ScopeMessage},
 	// Limits on connections from the sending IP (Postfix uses "too many
@@ -173,7 +174,7 @@ var defaultRules = []Rule{
 	{Name: "text-rate-limit", ContainsAny: []string{"rate limit", "rate-limit", "ratelimit", "rate limited", "too many messages",
 		"too much mail", "too many recipients", "frequency limited", "receiving mail too quickly", "receiving mail at a rate",
 		"messages per", "relay limit exceeded", "sending limit", "quota exceeded for sending", "exceeded its quota for sending",
-		"submissionquotaexceeded", "thread limit exceeded", "sending rate", "sending quota", "excessive volume", "we have limits for how many messages"},
+		"submissionquotaexceeded", "thread limit exceeded", "outbound thread limit", "sending rate", "sending quota", "excessive volume", "we have limits for how many messages"},
 		Category: RateLimit, Scope: ScopeSession},
 	{Name: "text-reputation", ContainsAny: []string{"open relay", "unusual rate of unsolicited", "blocked using", "block list", "blocklist", "blacklist", "blocklisted",
 		"spamhaus", "dnsbl", "spamcop", "sorbs", "barracudacentral", "reputation", "blocked for spam", "client host blocked",
@@ -204,7 +205,7 @@ var defaultRules = []Rule{
 		Category: Policy, Scope: ScopeSession},
 	{Name: "text-recipient-error", Class: 4, Contains: []string{"due to a recipient error"}, Category: Other, Scope: ScopeRecipient},
 	{Name: "text-congestion", Class: 4, ContainsAny: []string{"busy", "too many sessions", "too many concurrent", "system overloaded",
-		"server overloaded", "overloaded"},
+		"server overloaded", "overloaded", "unable to process connection at this time", "account service is temporarily unavailable"},
 		Category: Congestion, Scope: ScopeConnection},
 	{Name: "text-system-554", Code: 554, Contains: []string{"service currently unavailable"}, Category: System, Scope: ScopeConnection},
 }
