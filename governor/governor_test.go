@@ -14,11 +14,47 @@ import (
 	"golang.org/x/time/rate"
 )
 
+// viaStore makes newGov put a MemoryStore behind the Store interface, so
+// that TestBehaviourViaStore runs the behaviour tests through the Store path
+// too (tests in this package do not run in parallel).
+var viaStore bool
+
 func newGov(t *testing.T, p *Policy) *Governor {
 	t.Helper()
-	g, err := New(Config{Policy: p, Rand: rand.NewPCG(1, 2)})
+	cfg := Config{Policy: p, Rand: rand.NewPCG(1, 2)}
+	if viaStore {
+		cfg.Store = NewMemoryStore(0)
+	}
+	g, err := New(cfg)
 	require.NoError(t, err)
 	return g
+}
+
+// TestBehaviourViaStore runs the behaviour tests against the Store interface
+// (the reference MemoryStore), as a Redis store's would run.
+func TestBehaviourViaStore(t *testing.T) {
+	viaStore = true
+	defer func() { viaStore = false }()
+	for name, test := range map[string]func(*testing.T){
+		"RateOnePerMinute":     TestRateOnePerMinuteBurstOne,
+		"RateFIFO":             TestRateConcurrentCallersGetFIFOReservations,
+		"DeadlineAtOnce":       TestTakeFailsAtOnceWhenTokenComesAfterDeadline,
+		"CancelGivesTokenBack": TestCancelledReservationGivesTokenBack,
+		"QuotaAcrossMidnight":  TestQuotaTwoPerDayAcrossMidnight,
+		"SendWindow":           TestSendWindowOpensAtNine,
+		"Jitter":               TestJitterSpreadsHundredSends,
+		"AllOrNothing":         TestConcurrencyAllOrNothing,
+		"FIFO":                 TestFIFOPerKey,
+		"CancelLeavesNothing":  TestAcquireCancelledLeavesNothing,
+		"AIMD":                 TestAIMDConvergesToReceiverCap,
+		"CongestionOncePerRun": TestCongestionOncePerFailureRun,
+		"SuccessGrows":         TestSuccessGrowsAdditivelyUpToCeiling,
+		"CohortAndResume":      TestFailureCohortSuspendsAndResume,
+		"RateLimited":          TestRateLimitedLowersRateForAWhile,
+		"PolicyReplacement":    TestPolicyReplacementUnderLoad,
+	} {
+		t.Run(name, test)
+	}
 }
 
 func TestRateOnePerMinuteBurstOne(t *testing.T) {
@@ -71,13 +107,13 @@ func TestTakeFailsAtOnceWhenTokenComesAfterDeadline(t *testing.T) {
 		var we *WaitError
 		require.ErrorAs(t, err, &we)
 		assert.Equal(t, LimitRate, we.Decision.Limit)
-		assert.Equal(t, start.Add(time.Minute), we.Decision.RetryAt)
+		assert.True(t, start.Add(time.Minute).Equal(we.Decision.RetryAt))
 		assert.False(t, d.OK)
 		assert.Zero(t, time.Since(start), "fails at once")
 		// Nothing was reserved: the next token is still due at 1m.
 		d, err = g.TryTake("k")
 		require.NoError(t, err)
-		assert.Equal(t, start.Add(time.Minute), d.RetryAt)
+		assert.True(t, start.Add(time.Minute).Equal(d.RetryAt))
 	})
 }
 

@@ -42,6 +42,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 	}
 	first := now
 	queued := false
+	var held Decision // the last limit that held the call up
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -65,6 +66,9 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		}
 		if gr.OK {
 			d := Decision{OK: true, Start: gr.Start, Key: gr.Decision.Key, Limit: gr.Decision.Limit}
+			if d.Limit == LimitNone && queued {
+				d.Key, d.Limit, d.Reason = held.Key, held.Limit, held.Reason
+			}
 			start := gr.Start
 			if kind == KindEvent && !try {
 				var jmax time.Duration
@@ -105,6 +109,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 			return d, nil, nil
 		}
 		queued = true
+		held = d
 		if !d.RetryAt.IsZero() && !req.Deadline.IsZero() && d.RetryAt.After(req.Deadline) {
 			req.Now = g.now()
 			_ = g.store.Cancel(bg, req, Grant{})
