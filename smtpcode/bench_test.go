@@ -35,3 +35,20 @@ func BenchmarkParseClassify(b *testing.B) {
 	// text rules before the enhanced code decides.
 	b.Run("one-line-fallback", func(b *testing.B) { benchmarkParseClassify(b, benchFallback) })
 }
+
+// TestOneLineAllocations guards the allocation goal of the hot path: a
+// one-line reply is parsed and classified without touching the heap.
+func TestOneLineAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes allocation counts")
+	}
+	for _, raw := range []string{benchOneLine, benchFallback, "452 4.5.3 Too many recipients", "421 4.7.0 [TSS04] deferred, try again in 5 minutes"} {
+		allocs := testing.AllocsPerRun(100, func() {
+			r, _ := Parse(raw)
+			benchSink = Classify(r)
+		})
+		if allocs > 0 {
+			t.Errorf("Parse+Classify(%q): %v allocations, want 0", raw, allocs)
+		}
+	}
+}

@@ -103,7 +103,10 @@
 //     https://sendersupport.olc.protection.outlook.com/pm/troubleshooting.aspx.
 //   - Apple: https://support.apple.com/en-us/102322; Comcast:
 //     https://postmaster.comcast.net/smtp-error-codes.php; Cox:
-//     https://www.cox.com/residential/support/email-error-codes.html.
+//     https://www.cox.com/residential/support/email-error-codes.html;
+//     Mimecast: https://community.mimecast.com/s/article/Mimecast-SMTP-Error-Codes-842605754.
+//   - MTA texts: Postfix (smtpd, postscreen), Exim, Sendmail, postgrey,
+//     milter-greylist. testdata/replies_extra.tsv gives a source per row.
 //   - Greylisting RetryAfter of 5 min: postgrey's default delay (300 s).
 //   - Server hints are capped at 24 h.
 package smtpcode

@@ -1,0 +1,5 @@
+//go:build !race
+
+package smtpcode
+
+const raceEnabled = false
