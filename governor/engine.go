@@ -33,27 +33,36 @@ type shard struct {
 }
 
 // entry is one key's state. Times are ticks: nanoseconds since engine.epoch,
-// read from the monotonic clock.
+// read from the monotonic clock. What only some keys need (adaptation,
+// quota, window, suspension) lives in *entryExt, shared read-only as
+// zeroExt until the key first needs its own (own), so that a key with
+// only slots and rates stays small.
 type entry struct {
 	key   string
 	shard *shard          // the shard holding it
 	pol   *compiledPolicy // policy the cached lim came from
 	lim   *climits
+	*entryExt
 
-	held int       // slots held
-	q    []*waiter // FIFO of waiters blocked on this key; q[0] is the head
+	q        []*waiter // FIFO of waiters blocked on this key; q[0] is the head
+	eff      float64   // adapted concurrency
+	tat      int64     // GCRA theoretical arrival time: events
+	ctat     int64     // and connections
+	lastUsed int64
+	held     int32 // slots held
+	adapted  bool  // eff moved by feedback
+	touched  bool  // released since lastUsed
+}
 
-	eff          float64 // adapted concurrency
-	adapted      bool    // eff moved by feedback
+type entryExt struct {
 	capAt        float64 // growth stops here until capUntil
 	capUntil     int64
 	lastDecrease int64
 	failures     int
 
-	rateMul   float64 // rate multiplier while rateUntil is ahead
-	rateUntil int64
-
-	tat, ctat int64 // GCRA theoretical arrival times: events, connections
+	rateMul     float64 // rate multiplier while rateUntil is ahead
+	rateUntil   int64
+	lastRateCut int64
 
 	qCount int     // calendar quota: events in the period ending at qEnd
 	qEnd   int64   //
@@ -62,12 +71,21 @@ type entry struct {
 
 	winFrom, winTo int64 // cached open interval of the send window; winTo 0: none
 
-	suspUntil   int64
-	suspReason  string
-	lastRateCut int64
-	reason      string
-	lastUsed    int64
-	touched     bool // released since lastUsed
+	suspUntil  int64
+	suspReason string
+	reason     string // last reason (Snapshot)
+}
+
+// zeroExt is the extension of every key that has not needed its own. It is
+// never written: write only after own().
+var zeroExt = entryExt{lastDecrease: math.MinInt64, lastRateCut: math.MinInt64}
+
+// own gives e its own extension before a write to one of its fields.
+func (e *entry) own() {
+	if e.entryExt == &zeroExt {
+		x := zeroExt
+		e.entryExt = &x
+	}
 }
 
 // waiter is a blocked request. ch has room for one wake-up.
@@ -109,7 +127,7 @@ func (en *engine) get(s *shard, key string, cp *compiledPolicy, t int64) *entry 
 	if en.idle >= 0 && t >= s.nextSweep {
 		en.sweep(s, t)
 	}
-	e := &entry{key: key, shard: s, lastDecrease: math.MinInt64, rateMul: 1, lastUsed: t}
+	e := &entry{key: key, shard: s, entryExt: &zeroExt, lastUsed: t}
 	if cp != nil {
 		e.pol = cp
 		e.setLim(cp.lookup(key))
@@ -143,6 +161,10 @@ func (e *entry) setLim(nl *climits) {
 	}
 	if !e.adapted {
 		e.eff = nl.initial
+	}
+	if e.entryExt == &zeroExt { // nothing cached to invalidate
+		e.lim = nl
+		return
 	}
 	if nl.qcal != e.lim.qcal || nl.raw.Quota.Location != e.lim.raw.Quota.Location {
 		e.qStale = true
@@ -197,6 +219,7 @@ func ready(tat, t, iv, burst int64) int64 {
 // windowAt reports whether the send window is open at t, else when it opens
 // next (unknown if never).
 func (e *entry) windowAt(en *engine, now time.Time, t int64) (bool, int64) {
+	e.own()
 	if e.winTo == 0 || t >= e.winTo {
 		from, to := e.lim.raw.Window.interval(now)
 		if from.IsZero() {
@@ -213,6 +236,7 @@ func (e *entry) windowAt(en *engine, now time.Time, t int64) (bool, int64) {
 
 // quotaFull reports whether the quota is used up at t, and when a unit frees.
 func (e *entry) quotaFull(en *engine, now time.Time, t int64) (bool, int64) {
+	e.own()
 	l := e.lim
 	if l.qcal != Rolling {
 		if t >= e.qEnd || e.qStale {
@@ -236,6 +260,9 @@ func (e *entry) quotaFull(en *engine, now time.Time, t int64) (bool, int64) {
 }
 
 func (e *entry) dropExpired(t int64) {
+	if len(e.qTimes) == 0 {
+		return
+	}
 	n := 0
 	for n < len(e.qTimes) && e.qTimes[n] <= t-e.lim.qwin {
 		n++
@@ -283,7 +310,7 @@ func (en *engine) eval(ents []*entry, kind Kind, now time.Time, t int64, w *wait
 			v.consider(i, LimitQueue, unknown, "")
 		}
 		if kind == KindSlot {
-			if s := e.slots(); s > 0 && e.held >= s {
+			if s := e.slots(); s > 0 && int(e.held) >= s {
 				v.consider(i, LimitConcurrency, unknown, "")
 			}
 			if lim.civl > 0 {
@@ -332,6 +359,7 @@ func (en *engine) commit(ents []*entry, kind Kind, t, start int64, w *waiter) {
 				e.tat = max(e.tat, t) + e.ivl(l.ival, t)
 			}
 			if l.qmax > 0 {
+				e.own()
 				if l.qcal != Rolling {
 					e.qCount++
 				} else {
@@ -366,6 +394,7 @@ func (en *engine) undo(ents []*entry, kind Kind, tc, t int64) {
 				e.tat = max(e.tat-e.ivl(l.ival, t), t)
 			}
 			if l.qmax > 0 {
+				e.own()
 				if l.qcal != Rolling {
 					if t < e.qEnd && e.qCount > 0 {
 						e.qCount--

@@ -572,6 +572,7 @@ func (g *Governor) Feedback(key string, s Signal) error {
 // feedback applies s to e; started is the tick the work began.
 func (e *entry) feedback(s Signal, t, started int64) {
 	l := e.lim
+	e.own()
 	if s.Reason != "" {
 		e.reason = s.Reason
 	}
@@ -640,6 +641,7 @@ func (e *entry) feedback(s Signal, t, started int64) {
 }
 
 func (e *entry) suspend(until int64, reason string) {
+	e.own()
 	if until > e.suspUntil {
 		e.suspUntil = until
 		e.suspReason = reason
@@ -683,6 +685,7 @@ func (g *Governor) setSuspension(key string, until time.Time, reason string) err
 
 // setSuspension suspends e until the given time, or resumes it (zero until).
 func (e *entry) setSuspension(en *engine, until time.Time, reason string) {
+	e.own()
 	if until.IsZero() {
 		e.suspUntil, e.failures = 0, 0
 	} else {
@@ -744,7 +747,7 @@ func cmpString(a, b string) int {
 func (e *entry) state(en *engine, now time.Time, t int64) KeyState {
 	l := e.lim
 	ks := KeyState{
-		Key: e.key, Limits: l.raw, InFlight: e.held, Waiting: len(e.q),
+		Key: e.key, Limits: l.raw, InFlight: int(e.held), Waiting: len(e.q),
 		Concurrency: e.slots(), LastReason: e.reason, LastUsed: en.wall(e.lastUsed),
 	}
 	if iv := e.ivl(l.ival, t); iv > 0 {

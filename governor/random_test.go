@@ -3,6 +3,7 @@ package governor
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -131,4 +132,12 @@ func randomized(t *testing.T, viaStore bool, ops int) {
 	states, err = g.Snapshot()
 	require.NoError(t, err)
 	assert.Len(t, states, 0, "keys left after eviction")
+}
+
+// zeroExt is shared by every key that needs no extension: nothing may write it.
+func TestZeroExtNeverWritten(t *testing.T) {
+	TestRandomizedOperations(t)
+	TestBehaviourViaStore(t)
+	want := entryExt{lastDecrease: math.MinInt64, lastRateCut: math.MinInt64}
+	assert.Equal(t, want, zeroExt)
 }
