@@ -172,6 +172,11 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 		}
 		return g.newPermit(nil, req, d), nil
 	}
+	if len(keys) == 1 {
+		if e, now := g.fast(ctx, keys[0], KindSlot); e != nil {
+			return g.newPermit1(e, now), nil
+		}
+	}
 	var b batch
 	if err := b.prepare(keys); err != nil {
 		return Permit{}, err
@@ -181,6 +186,64 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 		return Permit{}, err
 	}
 	return g.newPermit(b.ents(), nil, d), nil
+}
+
+// fast grants a one-key request that needs no waiting, no queue, no quota,
+// window, suspension or jitter, under one lock with no batch to set up. It
+// returns nil when the general path must decide (including every error).
+func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, time.Time) {
+	if key == "" || ctx.Err() != nil {
+		return nil, time.Time{}
+	}
+	en := g.mem
+	now, t := en.clock()
+	cp := g.policy.Load()
+	s := &en.shards[en.shardOf(key)]
+	s.mu.Lock()
+	e := en.get(s, key, cp, t)
+	l := e.limits(cp)
+	if len(e.q) > 0 || e.suspUntil > t || l.winOn {
+		s.mu.Unlock()
+		return nil, time.Time{}
+	}
+	if kind == KindSlot {
+		if n := e.slots(); n > 0 && int(e.held) >= n {
+			s.mu.Unlock()
+			return nil, time.Time{}
+		}
+		if l.civl > 0 {
+			iv := e.ivl(l.civl, t)
+			if ready(e.ctat, t, iv, burstOf(l.raw.ConnectionBurst)) > t {
+				s.mu.Unlock()
+				return nil, time.Time{}
+			}
+			e.ctat = max(e.ctat, t) + iv
+		}
+		e.held++
+	} else {
+		if l.qmax > 0 || l.jitter > 0 {
+			s.mu.Unlock()
+			return nil, time.Time{}
+		}
+		if l.ival > 0 {
+			iv := e.ivl(l.ival, t)
+			if ready(e.tat, t, iv, burstOf(l.raw.Burst)) > t {
+				s.mu.Unlock()
+				return nil, time.Time{}
+			}
+			e.tat = max(e.tat, t) + iv
+		}
+	}
+	e.lastUsed = t
+	s.mu.Unlock()
+	return e, now
+}
+
+func (g *Governor) newPermit1(e *entry, now time.Time) Permit {
+	st := g.permits.Get().(*permitState)
+	st.ebuf[0] = e
+	st.ents = st.ebuf[:1]
+	return Permit{st: st, gen: st.gen.Load(), dec: Decision{OK: true, Start: now}}
 }
 
 // TryAcquire is Acquire without waiting: it grants only if every key has a
@@ -195,6 +258,12 @@ func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 			return Permit{}, d, err
 		}
 		return g.newPermit(nil, req, d), d, nil
+	}
+	if len(keys) == 1 {
+		if e, now := g.fast(context.Background(), keys[0], KindSlot); e != nil {
+			p := g.newPermit1(e, now)
+			return p, p.dec, nil
+		}
 	}
 	var b batch
 	if err := b.prepare(keys); err != nil {
@@ -218,6 +287,11 @@ func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
 		d, _, err := g.storeRun(ctx, KindEvent, keys, false)
 		return d, err
 	}
+	if len(keys) == 1 {
+		if e, now := g.fast(ctx, keys[0], KindEvent); e != nil {
+			return Decision{OK: true, Start: now}, nil
+		}
+	}
 	var b batch
 	if err := b.prepare(keys); err != nil {
 		return Decision{}, err
@@ -232,6 +306,11 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 	if g.store != nil {
 		d, _, err := g.storeRun(context.Background(), KindEvent, keys, true)
 		return d, err
+	}
+	if len(keys) == 1 {
+		if e, now := g.fast(context.Background(), keys[0], KindEvent); e != nil {
+			return Decision{OK: true, Start: now}, nil
+		}
 	}
 	var b batch
 	if err := b.prepare(keys); err != nil {
