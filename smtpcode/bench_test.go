@@ -1,6 +1,9 @@
 package smtpcode
 
-import "testing"
+import (
+	"runtime"
+	"testing"
+)
 
 const (
 	benchOneLine  = "421 4.4.5 Server busy, try again later. d9443c01a7336-21c7a1b2e1csi12345 - gsmtp"
@@ -17,12 +20,20 @@ var benchSink Classification
 
 func benchmarkParseClassify(b *testing.B, raw string) {
 	b.ReportAllocs()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start, cpuOK := threadCPUTime()
+	n := 0
 	for b.Loop() {
 		r, err := Parse(raw)
 		if err != nil {
 			b.Fatal(err)
 		}
 		benchSink = Classify(r)
+		n++
+	}
+	if end, ok := threadCPUTime(); cpuOK && ok && n > 0 {
+		b.ReportMetric(float64(end-start)/float64(n), "cpu-ns/op")
 	}
 }
 
