@@ -27,6 +27,21 @@
 // time, when they would succeed. Every Decision names the key and limit that
 // held a call up and for how long, for logging.
 //
+// A sender such as deliver uses it like this:
+//
+//	keys := []string{"ip:" + src, "site:" + site, "ip:" + src + "|site:" + site, "mailbox:" + from}
+//	conn, err := g.Acquire(ctx, keys...) // one slot per open connection
+//	if err != nil { ... }                 // a *WaitError: defer the messages
+//	defer conn.Release()                  // exactly once; more is harmless
+//	for _, msg := range batch {
+//		if _, err := g.Take(ctx, keys...); err != nil { ... } // rate, quota, window, jitter
+//		reply := send(msg)
+//		g.Feedback(pairKey, governor.Signal{Kind: kindOf(reply), Started: conn.Acquired(), Reason: reply})
+//	}
+//
+// Report a Congestion before releasing the connection's permit: the number of
+// holders at that moment tells the governor what the receiver accepted.
+//
 // Send windows (Window) and suspensions (Suspend, Resume) stop new grants on
 // a key; slots already held are not touched.
 //

@@ -401,3 +401,40 @@ func TestPolicyResolution(t *testing.T) {
 	}
 	assert.Equal(t, Limits{}, (*Policy)(nil).LimitsFor("x"))
 }
+
+func TestSnapshotFields(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGov(t, &Policy{Default: Limits{
+			MaxConcurrency: 3, Rate: 1, Burst: 4, ConnectionRate: 2, ConnectionBurst: 2,
+			Quota: Quota{Max: 10, Window: time.Hour},
+		}})
+		start := time.Now()
+		p, err := g.Acquire(t.Context(), "k")
+		require.NoError(t, err)
+		for range 3 {
+			_, err := g.Take(t.Context(), "k")
+			require.NoError(t, err)
+		}
+		require.NoError(t, g.Feedback("k", Signal{Kind: Success, Reason: "250 ok"}))
+		ks, err := g.Snapshot()
+		require.NoError(t, err)
+		require.Len(t, ks, 1)
+		s := ks[0]
+		assert.Equal(t, "k", s.Key)
+		assert.Equal(t, 3, s.Limits.MaxConcurrency)
+		assert.Equal(t, 1, s.InFlight)
+		assert.Equal(t, 3, s.Concurrency)
+		assert.InDelta(t, 1, float64(s.Rate), 1e-9)
+		assert.InDelta(t, 1, s.Tokens, 1e-9, "4 - 3")
+		assert.InDelta(t, 1, s.ConnectionTokens, 1e-9, "2 - 1")
+		assert.Equal(t, 3, s.QuotaUsed)
+		assert.True(t, start.Add(time.Hour).Equal(s.QuotaResets))
+		assert.Equal(t, "250 ok", s.LastReason)
+		assert.True(t, s.SuspendedUntil.IsZero())
+		p.Release()
+		time.Sleep(2 * time.Second)
+		ks, _ = g.Snapshot()
+		assert.InDelta(t, 3, ks[0].Tokens, 1e-9, "refilled at 1/s")
+		assert.Zero(t, ks[0].InFlight)
+	})
+}

@@ -145,6 +145,7 @@ const (
 	Success SignalKind = iota + 1
 	// Congestion: too many concurrent connections (Gmail 421 4.4.5). It
 	// shrinks the effective concurrency multiplicatively, once per failure run.
+	// Keys without MaxConcurrency have nothing to shrink and only record it.
 	Congestion
 	// RateLimited: too fast (Gmail 421 4.7.28, Yahoo 421 4.7.0 [TSS04],
 	// Microsoft 451 4.7.650). It lowers the key's rates for a while.
