@@ -141,10 +141,21 @@ const maxHint = 24 * time.Hour
 
 // retryHint returns the first delay the reply's text asks for, or 0.
 func (ti *textIndex) retryHint() time.Duration {
-	if !hasDigit(ti.raw) {
+	if !hasNumberWord(ti.raw) {
 		return 0
 	}
 	return retryHint(ti.text())
+}
+
+// hasNumberWord reports whether a word of s starts with a digit, as every
+// delay retryHint reads does.
+func hasNumberWord(s string) bool {
+	for i := 1; i < len(s); i++ {
+		if isDigit(s[i]) && isSpace(s[i-1]) {
+			return true
+		}
+	}
+	return false
 }
 
 // retryHint returns the first delay the normalized text t asks for, or 0.
@@ -165,15 +176,6 @@ func retryHint(t []byte) time.Duration {
 		}
 	}
 	return 0
-}
-
-func hasDigit(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if isDigit(s[i]) {
-			return true
-		}
-	}
-	return false
 }
 
 // parseDelay reads "92 seconds", "5 min", "1h", "00:05:00" or "300s" at the
