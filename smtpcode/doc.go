@@ -34,11 +34,13 @@
 //     "rfc3463-x.4.5" and the like); X.0.0 says nothing and falls through;
 //  5. the basic code (RFC 5321, RFC 4954, RFC 7504; Rule "rfc5321-421").
 //
-// Every rule is indexed by the basic code, the enhanced code or the class
-// it needs, so a reply meets only the rules that can apply to it, and text
-// patterns are plain case-insensitive substring searches on a text
-// lower-cased once (no regular expressions). DefaultRules lists the
-// built-in rules.
+// Rules with a code condition are indexed by the basic code, the enhanced
+// code or the class they need, so a reply meets only those that can apply
+// to it, however many there are; rules with text conditions only (the MTA
+// texts) are tried on every failure reply that nothing earlier claimed.
+// Text patterns are plain case-insensitive substring searches on a text
+// lower-cased once, behind a bigram filter (no regular expressions).
+// DefaultRules lists the built-in rules.
 //
 // # Transient or permanent, and when the codes disagree
 //
