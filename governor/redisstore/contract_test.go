@@ -411,6 +411,9 @@ var contractCases = []struct {
 func TestStoreContract(t *testing.T) {
 	for _, sk := range stores() {
 		t.Run(sk.name, func(t *testing.T) {
+			if sk.name == "redis" {
+				needRedis(t)
+			}
 			for _, c := range contractCases {
 				t.Run(c.name, func(t *testing.T) { c.run(t, sk.new(t)) })
 			}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -53,7 +54,18 @@ func TestMain(m *testing.M) {
 			skipReason = err.Error()
 		} else {
 			testAddr = srv.addr
+			_ = os.Setenv(envRedis, testAddr) // for Example and child processes
 		}
+	}
+	if testAddr == "" && os.Getenv("CI") != "true" {
+		// an Example cannot skip itself: leave it out, and say why
+		flag.Parse()
+		skip := "^Example$"
+		if s := flag.Lookup("test.skip").Value.String(); s != "" {
+			skip += "|" + s
+		}
+		_ = flag.Set("test.skip", skip)
+		fmt.Fprintln(os.Stderr, "redisstore: skipping the tests that need Redis:", skipReason)
 	}
 	code := m.Run()
 	if srv != nil {
