@@ -116,9 +116,11 @@ type Adaptive struct {
 	Decrease float64
 
 	// ProbeAfter is how long, after a congestion decrease, growth stops at
-	// the concurrency the receiver was seen to accept (holders at the signal
-	// minus one). After it the key probes one step higher again.
-	// 0: 10 minutes.
+	// the concurrency the receiver was seen to accept: the slots held when
+	// the signal came minus one (the refused holder), or, when no other slot
+	// was held, one below the concurrency before the decrease; never below
+	// the decreased value nor above the value before it. After ProbeAfter
+	// the key grows (probes) again. 0: 10 minutes.
 	ProbeAfter time.Duration
 
 	// FailureCohort is the number of Failure signals in a row (no Success
