@@ -244,7 +244,7 @@ func (e *entry) quotaFull(en *engine, now time.Time, t int64) (bool, int64) {
 				e.qCount = 0
 			}
 			_, end := l.raw.Quota.Period(now)
-			e.qEnd = en.tick(end)
+			e.qEnd = max(en.tick(end), t+1) // a period always ends after now
 			e.qStale = false
 		}
 		if e.qCount >= l.qmax {

@@ -23,6 +23,8 @@ type Governor struct {
 	randMu sync.Mutex
 	rnd    RandSource
 
+	onStoreError func(error)
+
 	permits sync.Pool
 	tickets atomic.Uint64
 	prefix  string
@@ -50,6 +52,7 @@ func New(cfg Config) (*Governor, error) {
 		_, _ = rand.Read(b[:])
 		g.prefix = hex.EncodeToString(b[:])
 	}
+	g.onStoreError = cfg.OnStoreError
 	g.policy.Store(cp)
 	g.permits.New = func() any { return &permitState{g: g} }
 	return g, nil
@@ -114,7 +117,7 @@ func (p Permit) Release() {
 	if st.req != nil {
 		req := st.req
 		req.Now = g.now()
-		_ = g.store.Release(context.Background(), req)
+		g.reportStoreError(g.store.Release(context.Background(), req))
 		st.req = nil
 	} else {
 		ents := st.ents
@@ -888,4 +891,11 @@ func (g *Governor) newTicket() string {
 func (g *Governor) now() time.Time {
 	n, _ := g.mem.clock()
 	return n
+}
+
+// reportStoreError hands an error that cannot be returned to OnStoreError.
+func (g *Governor) reportStoreError(err error) {
+	if err != nil && g.onStoreError != nil {
+		g.onStoreError(storeErr(err))
+	}
 }

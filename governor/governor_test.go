@@ -438,3 +438,42 @@ func TestSnapshotFields(t *testing.T) {
 		assert.Zero(t, ks[0].InFlight)
 	})
 }
+
+// failingStore fails every call after the first granted Reserve.
+type failingStore struct {
+	*MemoryStore
+	fail bool
+}
+
+var errDown = errors.New("store down")
+
+func (f *failingStore) Release(ctx context.Context, r *Request) error {
+	if f.fail {
+		return errDown
+	}
+	return f.MemoryStore.Release(ctx, r)
+}
+
+func (f *failingStore) Reserve(ctx context.Context, r *Request) (Grant, error) {
+	if f.fail {
+		return Grant{}, errDown
+	}
+	return f.MemoryStore.Reserve(ctx, r)
+}
+
+func TestStoreErrors(t *testing.T) {
+	fs := &failingStore{MemoryStore: NewMemoryStore(0)}
+	var reported []error
+	g, err := New(Config{Store: fs, OnStoreError: func(err error) { reported = append(reported, err) }})
+	require.NoError(t, err)
+	p, err := g.Acquire(t.Context(), "k")
+	require.NoError(t, err)
+	fs.fail = true
+	_, err = g.Acquire(t.Context(), "k")
+	assert.ErrorIs(t, err, ErrStore)
+	assert.ErrorIs(t, err, errDown)
+	p.Release()
+	require.Len(t, reported, 1)
+	assert.ErrorIs(t, reported[0], ErrStore)
+	assert.ErrorIs(t, reported[0], errDown)
+}

@@ -63,6 +63,18 @@ func TestQuotaPeriods(t *testing.T) {
 			assert.True(t, tt.end.Equal(e), "end %v", e)
 		})
 	}
+	// The repeated hour of a fall-back: the second 02:30 is in its own hour.
+	second := time.Date(2026, 10, 25, 1, 30, 0, 0, time.UTC) // 02:30 CET, the second 02:30
+	s0, e0 := Quota{Max: 1, Calendar: Hour, Location: berlin}.Period(second)
+	assert.True(t, second.Add(-30*time.Minute).Equal(s0), "start %v", s0)
+	assert.Equal(t, time.Hour, e0.Sub(s0))
+	assert.True(t, e0.After(second))
+	// Send windows keep wall-clock times across the spring-forward change.
+	w := Window{Start: 9 * time.Hour, End: 17 * time.Hour, Location: berlin}
+	sat := time.Date(2026, 3, 28, 18, 0, 0, 0, berlin)
+	assert.True(t, time.Date(2026, 3, 29, 9, 0, 0, 0, berlin).Equal(w.NextOpen(sat)))
+	assert.Equal(t, 14*time.Hour, w.NextOpen(sat).Sub(sat), "one hour less overnight")
+
 	// The day of a daylight-saving change is 23 hours long.
 	s, e := PerDay(2, berlin).Period(at)
 	assert.Equal(t, 23*time.Hour, e.Sub(s))

@@ -60,7 +60,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		gr, err := g.store.Reserve(ctx, req)
 		if err != nil {
 			if queued {
-				_ = g.store.Cancel(bg, req, Grant{})
+				g.reportStoreError(g.store.Cancel(bg, req, Grant{}))
 			}
 			return Decision{}, nil, storeErr(err)
 		}
@@ -93,7 +93,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 			if wait := start.Sub(g.now()); wait > 0 {
 				if err := sleepCtx(ctx, &timer, wait); err != nil {
 					req.Now = g.now()
-					_ = g.store.Cancel(bg, req, gr)
+					g.reportStoreError(g.store.Cancel(bg, req, gr))
 					d.OK, d.RetryAt = false, start
 					return d, nil, &WaitError{Decision: d, Err: err}
 				}
@@ -112,7 +112,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		held = d
 		if !d.RetryAt.IsZero() && !req.Deadline.IsZero() && d.RetryAt.After(req.Deadline) {
 			req.Now = g.now()
-			_ = g.store.Cancel(bg, req, Grant{})
+			g.reportStoreError(g.store.Cancel(bg, req, Grant{}))
 			return d, nil, &WaitError{Decision: d, Err: context.DeadlineExceeded}
 		}
 		wait := storePoll
@@ -131,7 +131,7 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		case <-tc:
 		case <-ctx.Done():
 			req.Now = g.now()
-			_ = g.store.Cancel(bg, req, Grant{})
+			g.reportStoreError(g.store.Cancel(bg, req, Grant{}))
 			return d, nil, &WaitError{Decision: d, Err: ctx.Err()}
 		}
 		now = g.now()

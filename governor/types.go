@@ -246,6 +246,11 @@ type Config struct {
 	// seeded source (rand.NewPCG(1, 2)) for reproducible runs.
 	Rand RandSource
 
+	// OnStoreError, when set, receives the Store errors that no call can
+	// return: those of Permit.Release and of the clean-up after a cancelled
+	// wait (wrapped with ErrStore). Called synchronously; keep it short.
+	OnStoreError func(error)
+
 	// Tickets prefixes holder and waiter identities in a shared Store so that
 	// they are unique across processes. "": a random 64-bit hex string.
 	Tickets string

@@ -94,7 +94,11 @@ func (q Quota) Period(now time.Time) (start, end time.Time) {
 	y, m, d := l.Date()
 	switch q.Calendar {
 	case Hour:
-		start = time.Date(y, m, d, l.Hour(), 0, 0, 0, loc)
+		// Subtract the time into the local hour rather than rebuild the hour
+		// with time.Date, which is ambiguous in the repeated hour of a
+		// daylight-saving fall-back.
+		into := time.Duration(l.Minute())*time.Minute + time.Duration(l.Second())*time.Second + time.Duration(l.Nanosecond())
+		start = now.Add(-into)
 		end = start.Add(time.Hour)
 	case Day:
 		start = time.Date(y, m, d, 0, 0, 0, 0, loc)
