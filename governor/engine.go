@@ -109,9 +109,12 @@ func (en *engine) tick(now time.Time) int64 { return int64(now.Sub(en.epoch)) }
 // time since the epoch (one clock read, cheaper than time.Now, and faked by
 // testing/synctest like time.Now), and the wall time derived from it.
 func (en *engine) clock() (time.Time, int64) {
-	t := int64(time.Since(en.epoch))
+	t := en.tick1()
 	return en.epoch.Add(time.Duration(t)), t
 }
+
+// tick1 is clock without the wall time.
+func (en *engine) tick1() int64 { return int64(time.Since(en.epoch)) }
 
 func (en *engine) wall(t int64) time.Time { return en.epoch.Add(time.Duration(t)) }
 

@@ -93,9 +93,13 @@ func (g *Governor) SetPolicy(p *Policy) error {
 // when the work ends; further Releases (of it or its copies) do nothing. The
 // zero Permit holds nothing.
 type Permit struct {
-	st  *permitState
-	gen uint64
-	dec Decision
+	st     *permitState
+	gen    uint64
+	start  int64 // grant tick (engine.epoch based)
+	waited time.Duration
+	key    string // the Decision's Key, Limit and Reason
+	reason string
+	limit  LimitKind
 }
 
 type permitState struct {
@@ -144,10 +148,20 @@ func (p Permit) Held() bool { return p.st != nil && p.st.gen.Load() == p.gen }
 
 // Acquired returns when the permit was granted: the Started value for
 // Signals about work done under it. Zero for the zero Permit.
-func (p Permit) Acquired() time.Time { return p.dec.Start }
+func (p Permit) Acquired() time.Time {
+	if p.st == nil {
+		return time.Time{}
+	}
+	return p.st.g.mem.wall(p.start) // st.g never changes: no race after reuse
+}
 
 // Decision explains how the permit was granted.
-func (p Permit) Decision() Decision { return p.dec }
+func (p Permit) Decision() Decision {
+	if p.st == nil {
+		return Decision{}
+	}
+	return Decision{OK: true, Start: p.Acquired(), Waited: p.waited, Key: p.key, Limit: p.limit, Reason: p.reason}
+}
 
 func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
 	st := g.permits.Get().(*permitState)
@@ -158,7 +172,7 @@ func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
 	} else {
 		st.ents = slices.Clone(ents)
 	}
-	return Permit{st: st, gen: st.gen.Load(), dec: d}
+	return Permit{st: st, gen: st.gen.Load(), start: g.mem.tick(d.Start), waited: d.Waited, key: d.Key, limit: d.Limit, reason: d.Reason}
 }
 
 // Acquire blocks until it holds one concurrency slot and has taken one
@@ -176,8 +190,8 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 		return g.newPermit(nil, req, d), nil
 	}
 	if len(keys) == 1 {
-		if e, now := g.fast(ctx, keys[0], KindSlot); e != nil {
-			return g.newPermit1(e, now), nil
+		if e, t := g.fast(ctx, keys[0], KindSlot); e != nil {
+			return g.newPermit1(e, t), nil
 		}
 	}
 	var b batch
@@ -194,12 +208,12 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 // fast grants a one-key request that needs no waiting, no queue, no quota,
 // window, suspension or jitter, under one lock with no batch to set up. It
 // returns nil when the general path must decide (including every error).
-func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, time.Time) {
+func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, int64) {
 	if key == "" || ctx.Err() != nil {
-		return nil, time.Time{}
+		return nil, 0
 	}
 	en := g.mem
-	now, t := en.clock()
+	t := en.tick1()
 	cp := g.policy.Load()
 	s := &en.shards[en.shardOf(key)]
 	s.mu.Lock()
@@ -207,18 +221,18 @@ func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, tim
 	l := e.limits(cp)
 	if len(e.q) > 0 || e.suspUntil > t || l.winOn {
 		s.mu.Unlock()
-		return nil, time.Time{}
+		return nil, 0
 	}
 	if kind == KindSlot {
 		if n := e.slots(); n > 0 && int(e.held) >= n {
 			s.mu.Unlock()
-			return nil, time.Time{}
+			return nil, 0
 		}
 		if l.civl > 0 {
 			iv := e.ivl(l.civl, t)
 			if ready(e.ctat, t, iv, burstOf(l.raw.ConnectionBurst)) > t {
 				s.mu.Unlock()
-				return nil, time.Time{}
+				return nil, 0
 			}
 			e.ctat = max(e.ctat, t) + iv
 		}
@@ -226,27 +240,27 @@ func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, tim
 	} else {
 		if l.qmax > 0 || l.jitter > 0 {
 			s.mu.Unlock()
-			return nil, time.Time{}
+			return nil, 0
 		}
 		if l.ival > 0 {
 			iv := e.ivl(l.ival, t)
 			if ready(e.tat, t, iv, burstOf(l.raw.Burst)) > t {
 				s.mu.Unlock()
-				return nil, time.Time{}
+				return nil, 0
 			}
 			e.tat = max(e.tat, t) + iv
 		}
 	}
 	e.lastUsed = t
 	s.mu.Unlock()
-	return e, now
+	return e, t
 }
 
-func (g *Governor) newPermit1(e *entry, now time.Time) Permit {
+func (g *Governor) newPermit1(e *entry, t int64) Permit {
 	st := g.permits.Get().(*permitState)
 	st.ebuf[0] = e
 	st.ents = st.ebuf[:1]
-	return Permit{st: st, gen: st.gen.Load(), dec: Decision{OK: true, Start: now}}
+	return Permit{st: st, gen: st.gen.Load(), start: t}
 }
 
 // TryAcquire is Acquire without waiting: it grants only if every key has a
@@ -263,9 +277,9 @@ func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 		return g.newPermit(nil, req, d), d, nil
 	}
 	if len(keys) == 1 {
-		if e, now := g.fast(context.Background(), keys[0], KindSlot); e != nil {
-			p := g.newPermit1(e, now)
-			return p, p.dec, nil
+		if e, t := g.fast(context.Background(), keys[0], KindSlot); e != nil {
+			p := g.newPermit1(e, t)
+			return p, p.Decision(), nil
 		}
 	}
 	var b batch
@@ -291,8 +305,8 @@ func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
 		return d, err
 	}
 	if len(keys) == 1 {
-		if e, now := g.fast(ctx, keys[0], KindEvent); e != nil {
-			return Decision{OK: true, Start: now}, nil
+		if e, t := g.fast(ctx, keys[0], KindEvent); e != nil {
+			return Decision{OK: true, Start: g.mem.wall(t)}, nil
 		}
 	}
 	var b batch
@@ -311,8 +325,8 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 		return d, err
 	}
 	if len(keys) == 1 {
-		if e, now := g.fast(context.Background(), keys[0], KindEvent); e != nil {
-			return Decision{OK: true, Start: now}, nil
+		if e, t := g.fast(context.Background(), keys[0], KindEvent); e != nil {
+			return Decision{OK: true, Start: g.mem.wall(t)}, nil
 		}
 	}
 	var b batch
