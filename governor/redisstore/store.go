@@ -440,15 +440,26 @@ func (s *Store) Reserve(ctx context.Context, req *governor.Request) (governor.Gr
 	if s.useLocal() {
 		return s.reserveLocal(ctx, req)
 	}
+	qkey := ""
 	s.mu.Lock()
 	w := s.waiters[req.Ticket]
-	if w != nil && w.local {
-		// it waited locally while Redis was away: leave that queue
+	wasLocal := w != nil && w.local
+	if wasLocal {
+		w = nil // it waited locally while Redis was away: leave that queue
+	}
+	if w != nil {
+		qkey = w.qkey
+	} else if !req.Try {
+		// registered before the script runs: a wake-up published between
+		// the script and our reading its reply must not be lost
+		w = &waiter{ch: make(chan struct{}, 1), keys: req.Keys}
+		s.waiters[req.Ticket] = w
+	} else if wasLocal {
 		delete(s.waiters, req.Ticket)
-		s.mu.Unlock()
-		_ = s.local.Cancel(ctx, req, governor.Grant{})
-	} else {
-		s.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if wasLocal {
+		_ = s.local.Cancel(ctx, s.localRequest(req), governor.Grant{})
 	}
 	kind := "1"
 	if req.Kind == governor.KindEvent {
@@ -461,8 +472,8 @@ func (s *Store) Reserve(ctx context.Context, req *governor.Request) (governor.Gr
 	if !req.Deadline.IsZero() {
 		deadline = offset(req.Deadline, req.Now)
 	}
-	a := s.args("reserve", req.Now, len(req.Keys), 4+4*len(req.Keys))
-	a = append(a, kind, req.Ticket, try, deadline)
+	a := s.args("reserve", req.Now, len(req.Keys), 5+4*len(req.Keys))
+	a = append(a, kind, req.Ticket, try, deadline, qkey)
 	for i, k := range req.Keys {
 		l := req.Limits[i]
 		a = append(a, k, encodeLimits(l), windowArg(l.Window, req.Now), quotaEndArg(l.Quota, req.Now))
@@ -514,10 +525,10 @@ func (s *Store) Reserve(ctx context.Context, req *governor.Request) (governor.Gr
 		return governor.Grant{Decision: d}, nil
 	}
 	s.mu.Lock()
-	w = s.waiters[req.Ticket]
-	if w == nil {
-		w = &waiter{ch: make(chan struct{}, 1), keys: req.Keys}
-		s.waiters[req.Ticket] = w
+	if s.waiters[req.Ticket] != w {
+		// cancelled meanwhile: the Governor will not wait on it
+		s.mu.Unlock()
+		return governor.Grant{Decision: d}, nil
 	}
 	w.qkey = d.Key
 	s.mu.Unlock()

@@ -87,7 +87,7 @@ local FIELDS = {'L', 'eff', 'ad', 'capAt', 'capU', 'lastDec', 'fail', 'rmul', 'r
 -- (the request's policy), else only when S has none.
 local function load(i, name, ls, force)
   local b = 1 + (i - 1) * 5
-  local e = {name = name, S = KEYS[b + 1], H = KEYS[b + 2], Q = KEYS[b + 3], X = KEYS[b + 4], R = KEYS[b + 5], dirty = {}}
+  local e = {name = name, S = KEYS[b + 1], H = KEYS[b + 2], Q = KEYS[b + 3], X = KEYS[b + 4], R = KEYS[b + 5], dirty = {}, touched = {}}
   local v = redis.call('HMGET', e.S, unpack(FIELDS))
   for j, f in ipairs(FIELDS) do
     if v[j] then e[f] = v[j] end
@@ -111,6 +111,15 @@ local function extend(k, ttl)
   if p == -1 or p < ttl then redis.call('PEXPIRE', k, ttl) end
 end
 
+-- REGTTL is the time to live the registry needs after this script.
+local REGTTL = 0
+
+local function touch(e, k) e.touched[#e.touched + 1] = k end
+
+local function finish()
+  if REGTTL > 0 then extend(KEYS[1], REGTTL) end
+end
+
 local function save(e)
   local hs, hd = {}, {}
   for f, _ in pairs(e.dirty) do
@@ -132,19 +141,20 @@ local function save(e)
       local r = rel(e[f])
       if r and r > ahead then ahead = r end
     end
-    local last = redis.call('LINDEX', e.R, -1)
-    if last then
-      local r = rel(last) + e.l.qwin
-      if r > ahead then ahead = r end
+    if e.l.qmax > 0 and e.l.qcal == '0' then
+      local last = redis.call('LINDEX', e.R, -1)
+      if last then
+        local r = rel(last) + e.l.qwin
+        if r > ahead then ahead = r end
+      end
     end
     if ahead > 3.15e17 then ahead = 3.15e17 end -- ten years
     local ttl = IDLE + LEASE + math.floor(ahead / 1e6)
-    extend(e.S, ttl)
-    extend(e.H, ttl)
-    extend(e.Q, ttl)
-    extend(e.X, ttl)
-    extend(e.R, ttl)
-    extend(KEYS[1], ttl)
+    -- only the keys written: the others keep the time to live they got
+    -- when written (renewals extend holders and waiters)
+    redis.call('PEXPIRE', e.S, ttl)
+    for _, k in ipairs(e.touched) do redis.call('PEXPIRE', k, ttl) end
+    if ttl > REGTTL then REGTTL = ttl end
     keep = NOWMS + ttl
   end
   -- the registry scores keys by when they may be gone
@@ -264,11 +274,13 @@ end
 
 if op == 'reserve' then
   -- ARGV 9 kind ('1' slot, '2' event), 10 ticket, 11 try, 12 deadline offset
-  -- or '', then per key: name, limits, window (0 open, -1 never, else the
-  -- offset of its opening), calendar quota period end offset.
+  -- or '', 13 the key whose queue holds the ticket or '', then per key:
+  -- name, limits, window (0 open, -1 never, else the offset of its
+  -- opening), calendar quota period end offset.
   local kind, ticket, try = ARGV[9], ARGV[10], ARGV[11] == '1'
   local deadline = nil
   if ARGV[12] ~= '' then deadline = tonumber(ARGV[12]) end
+  local qname = ARGV[13]
   local ents = {}
   local vidx, vlim, vretry, vreason = -1, 0, -1, ''
   local function consider(i, k, at, reason)
@@ -277,7 +289,7 @@ if op == 'reserve' then
   end
   local rs, ri, rk = 0, -1, 0
   for i = 1, N do
-    local a = 12 + (i - 1) * 4
+    local a = 13 + (i - 1) * 4
     local e = load(i, ARGV[a + 1], ARGV[a + 2], true)
     local l = e.l
     ents[i] = e
@@ -319,6 +331,7 @@ if op == 'reserve' then
       local l = e.l
       if kind == '1' then
         redis.call('ZADD', e.H, NOWMS + LEASE, ticket)
+        touch(e, e.H)
         if l.civl > 0 then
           set(e, 'ctat', abs(math.max(rel(e.ctat) or 0, 0) + ivl(e, l.civl)))
         end
@@ -332,6 +345,7 @@ if op == 'reserve' then
           else
             local sv = abs(rs)
             local last = redis.call('LINDEX', e.R, -1)
+            touch(e, e.R)
             if not last or rel(last) <= rs then
               redis.call('RPUSH', e.R, sv)
             else
@@ -346,7 +360,7 @@ if op == 'reserve' then
         end
       end
       set(e, 'lu', abs(0))
-      dequeue(e, ticket)
+      if e.name == qname then dequeue(e, ticket) end
     end
   elseif not try then
     for i, e in ipairs(ents) do
@@ -358,7 +372,9 @@ if op == 'reserve' then
           redis.call('ZADD', e.Q, seq, ticket)
         end
         redis.call('HSET', e.X, ticket, I(NOWMS + LEASE) .. ' ' .. OWNER)
-      else
+        touch(e, e.Q)
+        touch(e, e.X)
+      elseif e.name == qname then
         dequeue(e, ticket)
       end
     end
@@ -367,6 +383,7 @@ if op == 'reserve' then
     save(e)
     if e.reaped and e.reaped > 0 then wake(e) end
   end
+  finish()
   if ok then
     local d = -1
     if ri >= 0 then d = ri - 1 end
@@ -415,20 +432,22 @@ if op == 'cancel' then
     dequeue(e, ticket)
     save(e)
   end
+  finish()
   return 1
 end
 
 if op == 'release' then
-  -- ARGV 9 ticket; then per key: name, fallback limits.
+  -- ARGV 9 ticket; then per key: name, fallback limits. Lean: the keys'
+  -- times to live were set when the slot was granted and by renewals.
   local ticket = ARGV[9]
   for i = 1, N do
-    local a = 9 + (i - 1) * 2
-    local e = load(i, ARGV[a + 1], ARGV[a + 2])
-    redis.call('ZREM', e.H, ticket)
-    reap(e)
-    set(e, 'lu', abs(0))
+    local b = 1 + (i - 1) * 5
+    local e = {S = KEYS[b + 1], H = KEYS[b + 2], Q = KEYS[b + 3], X = KEYS[b + 4]}
+    if redis.call('ZREM', e.H, ticket) > 0 then
+      redis.call('HSET', e.S, 'lu', abs(0))
+      if IDLE >= 0 and redis.call('PTTL', e.S) == -1 then redis.call('PEXPIRE', e.S, IDLE + LEASE) end
+    end
     wake(e)
-    save(e)
   end
   return 1
 end
@@ -498,6 +517,7 @@ if op == 'feedback' then
     set(e, 'fail', f)
   end
   save(e)
+  finish()
   return 1
 end
 
@@ -514,6 +534,7 @@ if op == 'suspend' or op == 'resume' then
   end
   wake(e)
   save(e)
+  finish()
   return 1
 end
 
