@@ -52,6 +52,8 @@ func TestBehaviourViaStore(t *testing.T) {
 		"CohortAndResume":      TestFailureCohortSuspendsAndResume,
 		"RateLimited":          TestRateLimitedLowersRateForAWhile,
 		"PolicyReplacement":    TestPolicyReplacementUnderLoad,
+		"ManyKeys":             TestManyKeys,
+		"Snapshot":             TestSnapshotFields,
 	} {
 		t.Run(name, test)
 	}
@@ -476,4 +478,38 @@ func TestStoreErrors(t *testing.T) {
 	require.Len(t, reported, 1)
 	assert.ErrorIs(t, reported[0], ErrStore)
 	assert.ErrorIs(t, reported[0], errDown)
+}
+
+func TestManyKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGov(t, &Policy{Default: Limits{MaxConcurrency: 1}})
+		keys := []string{"f", "e", "d", "c", "b", "a", "c"}
+		p, err := g.Acquire(t.Context(), keys...)
+		require.NoError(t, err)
+		ks, _ := g.Snapshot()
+		require.Len(t, ks, 6)
+		for _, s := range ks {
+			assert.Equal(t, 1, s.InFlight, s.Key)
+		}
+		_, d, err := g.TryAcquire("z", "y", "x", "w", "v", "a")
+		require.NoError(t, err)
+		assert.False(t, d.OK)
+		assert.Equal(t, "a", d.Key)
+		done := make(chan struct{})
+		go func() {
+			q, err := g.Acquire(t.Context(), "z", "y", "x", "w", "v", "a")
+			assert.NoError(t, err)
+			q.Release()
+			close(done)
+		}()
+		synctest.Wait()
+		p.Release()
+		<-done
+		ks, _ = g.Snapshot()
+		require.Len(t, ks, 11)
+		for _, s := range ks {
+			assert.Zero(t, s.InFlight, s.Key)
+			assert.Zero(t, s.Waiting, s.Key)
+		}
+	})
 }
