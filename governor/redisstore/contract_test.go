@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicemail/sluice/governor"
 	"github.com/sluicemail/sluice/governor/redisstore"
+	"github.com/sluicemail/sluice/governor/storetest"
 )
 
 // One suite of Store contract cases (governor/store.go), run against the
@@ -419,4 +420,10 @@ func TestStoreContract(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The governor's own conformance suite, against the Redis store.
+func TestStoretestConformance(t *testing.T) {
+	addr := needRedis(t)
+	storetest.Run(t, func(t *testing.T) governor.Store { return newStore(t, addr, redisstore.Options{}) })
 }

@@ -521,7 +521,15 @@ func (s *Store) Reserve(ctx context.Context, req *governor.Request) (governor.Gr
 	if off != -1 {
 		d.RetryAt = req.Now.Add(time.Duration(off))
 	}
-	if req.Try {
+	if req.Try || d.Limit == governor.LimitRate || d.Limit == governor.LimitConnectionRate {
+		// not queued (the script left every queue)
+		if w != nil {
+			s.mu.Lock()
+			if s.waiters[req.Ticket] == w {
+				delete(s.waiters, req.Ticket)
+			}
+			s.mu.Unlock()
+		}
 		return governor.Grant{Decision: d}, nil
 	}
 	s.mu.Lock()

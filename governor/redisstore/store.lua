@@ -248,7 +248,7 @@ local function quotaFull(e, qend)
     local qe = rel(e.qE)
     if qe == nil or qe <= 0 or e.qS ~= l.qsig then
       if qe == nil or qe <= 0 then qc = 0 end
-      qe = qend
+      qe = math.max(qend, 1) -- a period always ends after now
       set(e, 'qc', qc)
       set(e, 'qE', abs(qe))
       set(e, 'qS', l.qsig)
@@ -362,7 +362,12 @@ if op == 'reserve' then
       set(e, 'lu', abs(0))
       if e.name == qname then dequeue(e, ticket) end
     end
-  elseif not try then
+  elseif try or vlim == L_RATE or vlim == L_CRATE then
+    -- Try never queues; tokens due after the deadline: the caller gives up
+    for _, e in ipairs(ents) do
+      if e.name == qname then dequeue(e, ticket) end
+    end
+  else
     for i, e in ipairs(ents) do
       if i == vidx then
         if not redis.call('ZSCORE', e.Q, ticket) then
@@ -481,7 +486,12 @@ if op == 'feedback' then
       local eff = effv(e)
       local nn = math.max(eff * l.dec, 1)
       reap(e)
-      local seen = math.max(redis.call('ZCARD', e.H) - 1, 1)
+      -- the receiver accepted the other holders; reported after the
+      -- release (no other holder) it accepted one fewer than allowed
+      local held = redis.call('ZCARD', e.H)
+      local seen = held - 1
+      if held <= 1 then seen = math.floor(eff) - 1 end
+      seen = math.max(seen, 1)
       set(e, 'capAt', math.min(math.max(nn, seen), math.max(eff, 1)))
       set(e, 'capU', abs(l.probe))
       set(e, 'eff', nn)
