@@ -1,0 +1,133 @@
+package redisstore_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sluicemail/sluice/governor"
+	"github.com/sluicemail/sluice/governor/redisstore"
+)
+
+// Two Governors (two processes) on one Redis, many goroutines each, mixed
+// Acquire (some cancelled while waiting), Release, Take and Feedback over a
+// few keys: no key is ever over its limit as seen by the holders, and at
+// the end nothing is held or queued and no goroutine is left.
+func TestGovernorsShareUnderLoad(t *testing.T) {
+	addr := needRedis(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	prefix := randomPrefix()
+	pol := &governor.Policy{
+		Default: governor.Limits{MaxConcurrency: 3, Rate: 5000, Burst: 50},
+		Keys:    map[string]governor.Limits{"ip:1": {MaxConcurrency: 2}},
+	}
+	keys := []string{"ip:1", "ip:2", "site:a", "site:b"}
+	var held [4]atomic.Int32
+	var over atomic.Int32
+	var ops atomic.Int64
+	func() {
+		var gs []*governor.Governor
+		for range 2 {
+			c := redis.NewClient(&redis.Options{Addr: addr})
+			defer c.Close()
+			st, err := redisstore.New(c, redisstore.Options{Prefix: prefix, Lease: 5 * time.Second})
+			require.NoError(t, err)
+			defer st.Close()
+			g, err := governor.New(governor.Config{Store: st, Policy: pol})
+			require.NoError(t, err)
+			gs = append(gs, g)
+		}
+		var wg sync.WaitGroup
+		for w := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := rand.New(rand.NewPCG(uint64(w), 7))
+				g := gs[w%2]
+				for range 60 {
+					i, j := r.IntN(4), r.IntN(4)
+					switch r.IntN(4) {
+					case 0, 1:
+						ctx, cancel := context.WithTimeout(context.Background(), time.Duration(r.IntN(20))*time.Millisecond)
+						p, err := g.Acquire(ctx, keys[i], keys[j])
+						cancel()
+						if err != nil {
+							require.ErrorIs(t, err, context.DeadlineExceeded)
+							continue
+						}
+						for _, k := range []int{i, j} {
+							lim := int32(3)
+							if k == 0 {
+								lim = 2
+							}
+							if n := held[k].Add(1); n > lim {
+								over.Add(1)
+							}
+							if i == j {
+								break
+							}
+						}
+						time.Sleep(time.Duration(r.IntN(300)) * time.Microsecond)
+						held[i].Add(-1)
+						if i != j {
+							held[j].Add(-1)
+						}
+						p.Release()
+					case 2:
+						_, err := g.Take(context.Background(), keys[i])
+						require.NoError(t, err)
+					case 3:
+						require.NoError(t, g.Feedback(keys[i], governor.Signal{Kind: governor.Success}))
+					}
+					ops.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+	}()
+	require.Zero(t, over.Load(), "a key was over its limit")
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	st, err := redisstore.New(c, redisstore.Options{Prefix: prefix})
+	require.NoError(t, err)
+	ks, err := st.Snapshot(context.Background(), time.Now())
+	require.NoError(t, err)
+	require.Len(t, ks, 4)
+	for _, k := range ks {
+		require.Equal(t, 0, k.InFlight, k.Key)
+		require.Equal(t, 0, k.Waiting, k.Key)
+	}
+	t.Logf("%d operations", ops.Load())
+	require.NoError(t, st.Close())
+}
+
+// With ServerTime the buckets run on Redis's clock, whatever the callers'
+// clocks say; results come back on the caller's clock.
+func TestServerTime(t *testing.T) {
+	addr := needRedis(t)
+	st := newStore(t, addr, redisstore.Options{ServerTime: true})
+	lim := governor.Limits{Rate: 10, Burst: 1}
+	skewed := time.Now().Add(-time.Hour) // a caller an hour behind
+	g := reserve(t, st, req(governor.KindEvent, skewed, lim, "k"))
+	require.True(t, g.OK)
+	require.True(t, g.Start.Equal(skewed))
+	other := time.Now().Add(time.Hour) // and one an hour ahead
+	g = reserve(t, st, req(governor.KindEvent, other, lim, "k"))
+	require.True(t, g.OK)
+	ahead := g.Start.Sub(other)
+	require.Greater(t, ahead, time.Duration(0), "the second token is due later on Redis's clock")
+	require.LessOrEqual(t, ahead, 100*time.Millisecond)
+	for i := range 3 {
+		r := req(governor.KindSlot, skewed, governor.Limits{MaxConcurrency: 1}, "s"+strconv.Itoa(i))
+		require.True(t, reserve(t, st, r).OK)
+		require.NoError(t, st.Release(context.Background(), r))
+	}
+}
