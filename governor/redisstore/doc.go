@@ -20,7 +20,10 @@
 //     every RenewEvery (one background goroutine per Store, stopped by
 //     Close), so the slot of a crashed or partitioned holder comes back to
 //     the fleet when its Lease ends. After a Redis restart that lost the
-//     data, the next renewal registers the live holders again.
+//     data, the next renewal registers the live holders again (so does a
+//     holder whose lease lapsed while its process was paused or cut off
+//     for longer than Lease: the key may then be over its limit until
+//     releases bring it back under).
 //   - Token buckets are GCRA with nanosecond precision (times are stored as
 //     Unix nanoseconds in decimal and computed as offsets from now inside
 //     the script, where doubles are exact).
@@ -89,7 +92,9 @@
 //	             key's state expires from Redis after it (plus anything
 //	             still ahead in it, such as a suspension)
 //
-// A Store is safe for concurrent use by many goroutines.
+// A Store is safe for concurrent use by many goroutines. It needs Redis 6.2
+// or later (ZADD GT; scripts replicated by effects, so that they may read
+// TIME); Valkey works too.
 //
 // # Running the Redis tests locally
 //

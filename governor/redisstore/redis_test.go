@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sluicemail/sluice/governor"
 	"github.com/sluicemail/sluice/governor/redisstore"
 )
 
@@ -205,4 +206,29 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	_, err := redisstore.New(nil, redisstore.Options{})
 	require.True(t, errors.Is(err, redisstore.ErrInvalidOptions))
+}
+
+func TestClose(t *testing.T) {
+	addr := needRedis(t)
+	st := newStore(t, addr, redisstore.Options{})
+	g, err := governor.New(governor.Config{Store: st, Policy: &governor.Policy{Default: governor.Limits{MaxConcurrency: 1}}})
+	require.NoError(t, err)
+	p, err := g.Acquire(context.Background(), "k")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := g.Acquire(context.Background(), "k")
+		done <- err
+	}()
+	eventually(t, "the second Acquire waits", func() bool {
+		ks, err := st.Snapshot(context.Background(), time.Now())
+		return err == nil && len(ks) == 1 && ks[0].Waiting == 1
+	})
+	require.NoError(t, st.Close())
+	require.ErrorIs(t, <-done, redisstore.ErrClosed)
+	p.Release() // still works
+	ks, err := st.Snapshot(context.Background(), time.Now())
+	require.NoError(t, err)
+	require.Equal(t, 0, ks[0].InFlight)
+	require.NoError(t, st.Close())
 }

@@ -40,6 +40,9 @@ var (
 	// ErrInvalidRequest: a Request breaks the Store contract (keys not
 	// sorted, distinct and non-empty, or Limits of another length).
 	ErrInvalidRequest = errors.New("redisstore: invalid request")
+	// ErrClosed: Reserve after Close (nothing would wake a waiter). Release
+	// and Cancel still work after Close.
+	ErrClosed = errors.New("redisstore: store closed")
 )
 
 // Mode is what the store does while Redis is unreachable.
@@ -147,9 +150,10 @@ type Store struct {
 	fix      []*holder // released while a renewal was in flight
 	pending  []pendingOp
 
-	ps     *redis.PubSub
-	done   chan struct{}
-	closed sync.Once
+	ps       *redis.PubSub
+	done     chan struct{}
+	closed   sync.Once
+	isClosed atomic.Bool
 	wg     sync.WaitGroup
 }
 
@@ -245,14 +249,18 @@ func New(rdb redis.UniversalClient, opt Options) (*Store, error) {
 }
 
 // Close stops lease renewal and the wake-up subscription. Slots still held
-// come back to the fleet when their lease ends; calls after Close still
-// work but nothing is renewed and waiters are no longer woken by pub/sub.
+// come back to the fleet when their lease ends unless released: Release,
+// Cancel, Feedback, Suspend, Resume and Snapshot still work after Close;
+// Reserve fails with ErrClosed (blocked waiters are woken to see it).
+// Close does not close the Redis client.
 func (s *Store) Close() error {
 	var err error
 	s.closed.Do(func() {
+		s.isClosed.Store(true)
 		close(s.done)
 		err = s.ps.Close()
 		s.wg.Wait()
+		s.wakeAll() // blocked waiters retry and get ErrClosed
 	})
 	return err
 }
@@ -436,6 +444,9 @@ func checkRequest(req *governor.Request) error {
 func (s *Store) Reserve(ctx context.Context, req *governor.Request) (governor.Grant, error) {
 	if err := checkRequest(req); err != nil {
 		return governor.Grant{}, err
+	}
+	if s.isClosed.Load() {
+		return governor.Grant{}, ErrClosed
 	}
 	if s.useLocal() {
 		return s.reserveLocal(ctx, req)
