@@ -154,7 +154,7 @@ type Store struct {
 	done     chan struct{}
 	closed   sync.Once
 	isClosed atomic.Bool
-	wg     sync.WaitGroup
+	wg       sync.WaitGroup
 }
 
 var _ governor.Store = (*Store)(nil)
