@@ -131,3 +131,57 @@ func TestServerTime(t *testing.T) {
 		require.NoError(t, st.Release(context.Background(), r))
 	}
 }
+
+// A Release in one store (process) wakes an Acquire blocked in another one
+// through pub/sub: the Governor waits on Grant.Wake only (no RetryAt, so no
+// timer), so this would hang without the wake-up.
+func TestWakeAcrossStores(t *testing.T) {
+	addr := needRedis(t)
+	prefix := randomPrefix()
+	pol := &governor.Policy{Default: governor.Limits{MaxConcurrency: 1}}
+	var gs [2]*governor.Governor
+	for i := range gs {
+		st := newStore(t, addr, redisstore.Options{Prefix: prefix})
+		g, err := governor.New(governor.Config{Store: st, Policy: pol})
+		require.NoError(t, err)
+		gs[i] = g
+	}
+	for range 20 {
+		p, err := gs[0].Acquire(context.Background(), "k")
+		require.NoError(t, err)
+		got := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			q, err := gs[1].Acquire(ctx, "k")
+			q.Release()
+			got <- err
+		}()
+		_, d, err := gs[0].TryAcquire("k")
+		require.NoError(t, err)
+		require.False(t, d.OK)
+		p.Release()
+		require.NoError(t, <-got)
+	}
+}
+
+// A waiter whose process died leaves the queue when its lease ends, so it
+// does not block the others.
+func TestDeadWaiterLeavesQueue(t *testing.T) {
+	addr := needRedis(t)
+	prefix := randomPrefix()
+	lim := governor.Limits{MaxConcurrency: 1}
+	a := newStore(t, addr, redisstore.Options{Prefix: prefix, Lease: 200 * time.Millisecond})
+	b := newStore(t, addr, redisstore.Options{Prefix: prefix})
+	h := req(governor.KindSlot, time.Now(), lim, "k")
+	require.True(t, reserve(t, b, h).OK)
+	w := req(governor.KindSlot, time.Now(), lim, "k")
+	require.False(t, reserve(t, a, w).OK) // queued at the head
+	require.NoError(t, a.Close())         // "dies": no more renewals
+	require.NoError(t, b.Release(context.Background(), h))
+	eventually(t, "the dead waiter's place lapses", func() bool {
+		r := req(governor.KindSlot, time.Now(), lim, "k")
+		r.Try = true
+		return reserve(t, b, r).OK
+	})
+}
