@@ -154,6 +154,8 @@ type Store struct {
 	done     chan struct{}
 	closed   sync.Once
 	isClosed atomic.Bool
+	ctx      context.Context // cancelled by Close
+	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
 
@@ -182,8 +184,9 @@ type pendingOp struct {
 const maxPending = 10000
 
 // New returns a Store on rdb (a *redis.Client, *redis.ClusterClient or
-// *redis.Ring with all the store's keys on one node). It does not contact
-// Redis: the first call does.
+// *redis.Ring with all the store's keys on one node). It does not wait for
+// Redis: a background goroutine subscribes to the store's wake channel,
+// and calls reach Redis when they are made.
 func New(rdb redis.UniversalClient, opt Options) (*Store, error) {
 	if rdb == nil {
 		return nil, fmt.Errorf("%w: nil client", ErrInvalidOptions)
@@ -240,10 +243,11 @@ func New(rdb redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.Unavailable == Degrade {
 		s.local = governor.NewMemoryStore(opt.IdleTimeout)
 	}
-	s.ps = rdb.Subscribe(context.Background(), s.chPre+s.owner)
-	msgs := s.ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
+	// no channel yet: subscribing dials, which the listener does
+	s.ps = rdb.Subscribe(context.Background())
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(2)
-	go s.listen(msgs)
+	go s.listen()
 	go s.loop()
 	return s, nil
 }
@@ -257,6 +261,7 @@ func (s *Store) Close() error {
 	var err error
 	s.closed.Do(func() {
 		s.isClosed.Store(true)
+		s.cancel()
 		close(s.done)
 		err = s.ps.Close()
 		s.wg.Wait()
@@ -265,8 +270,14 @@ func (s *Store) Close() error {
 	return err
 }
 
-func (s *Store) listen(msgs <-chan any) {
+func (s *Store) listen() {
 	defer s.wg.Done()
+	// go-redis keeps the channel and subscribes again after a failure
+	_ = s.ps.Subscribe(s.ctx, s.chPre+s.owner)
+	if s.ctx.Err() != nil {
+		return
+	}
+	msgs := s.ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
 	for m := range msgs {
 		switch m := m.(type) {
 		case *redis.Message:
