@@ -32,8 +32,10 @@ import (
 //     for KindSlot: held slots >= the effective concurrency blocks, RetryAt
 //     unknown (zero); the effective concurrency is min(MaxConcurrency,
 //     floor(adapted)), at least 1; then a ConnectionRate token;
-//     for KindEvent: a used-up Quota blocks, RetryAt when a unit frees up;
-//     then a Rate token.
+//     for KindEvent: a used-up Quota blocks, RetryAt when a unit frees up
+//     (calendar: the end of the period, see Quota.Period; rolling: when the
+//     oldest counted event leaves the window); a granted event counts once,
+//     stamped at its Start for rolling windows; then a Rate token.
 //     FIFO: while other tickets wait on a key (were refused and have neither
 //     been granted nor cancelled), a request with another ticket is refused
 //     on that key with LimitQueue (RetryAt zero), except that the oldest
@@ -52,11 +54,12 @@ import (
 //     key under req.Ticket (the same ticket keeps its place if it was
 //     already queued there, and leaves any other key's queue), except when
 //     refused for tokens due after req.Deadline (LimitRate,
-//     LimitConnectionRate): the caller gives up, so it leaves every queue. Grant.Wake, if not nil, must receive or be
-//     closed when something changes that may let the request succeed before
-//     RetryAt (a slot released, a resume, a ticket ahead leaving the queue,
-//     an increase of concurrency); the Governor also retries at RetryAt, and
-//     every second if Wake is nil and RetryAt is zero.
+//     LimitConnectionRate): the caller gives up, so it leaves every queue.
+//     Grant.Wake, if not nil, must receive or be closed when something
+//     changes that may let the request succeed before RetryAt (a slot
+//     released, a resume, a ticket ahead leaving the queue, an increase of
+//     concurrency); the Governor also retries at RetryAt, and every second
+//     if Wake is nil and RetryAt is zero.
 //  5. Granted KindSlot requests hold one slot on each key under req.Ticket
 //     until Release. A store may lease slots (expire them if the holder dies)
 //     but must then renew them while held; that is the store's business.
