@@ -26,6 +26,7 @@ type engine struct {
 
 type shard struct {
 	mu        sync.Mutex
+	index     int
 	m         map[string]*entry
 	peak      int
 	nextSweep int64
@@ -50,6 +51,7 @@ type entry struct {
 	ctat     int64     // and connections
 	lastUsed int64
 	held     int32 // slots held
+	si       uint8 // index of shard
 	adapted  bool  // eff moved by feedback
 	touched  bool  // released since lastUsed
 }
@@ -99,6 +101,7 @@ func newEngine(epoch time.Time, idle time.Duration) *engine {
 	e := &engine{epoch: epoch, idle: int64(idle), seed: maphash.MakeSeed()}
 	for i := range e.shards {
 		e.shards[i].m = make(map[string]*entry)
+		e.shards[i].index = i
 	}
 	return e
 }
@@ -130,7 +133,7 @@ func (en *engine) get(s *shard, key string, cp *compiledPolicy, t int64) *entry 
 	if en.idle >= 0 && t >= s.nextSweep {
 		en.sweep(s, t)
 	}
-	e := &entry{key: key, shard: s, entryExt: &zeroExt, lastUsed: t}
+	e := &entry{key: key, shard: s, si: uint8(s.index), entryExt: &zeroExt, lastUsed: t}
 	if cp != nil {
 		e.pol = cp
 		e.setLim(cp.lookup(key))

@@ -132,7 +132,7 @@ func (p Permit) Release() {
 			s.mu.Unlock()
 		} else if len(ents) > 1 {
 			var b batch
-			b.setEnts(g.mem, ents)
+			b.setEnts(ents)
 			b.lock(g.mem)
 			g.mem.release(ents)
 			b.unlock(g.mem)
@@ -341,7 +341,8 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 // slice of its own arrays, so that it stays on the caller's stack.
 type batch struct {
 	nk, ne, ns int
-	s0         *shard // the shard of a single key
+	s0         *shard   // the shard of a single key
+	kidx       [4]uint8 // the shard of each key in kbuf
 	kbuf       [4]string
 	ebuf       [4]*entry
 	sbuf       [4]int
@@ -403,7 +404,8 @@ func (b *batch) setKeys(keys []string) {
 func (b *batch) setShards(en *engine, keys []string) {
 	if len(keys) <= len(b.sbuf) {
 		for i, k := range keys {
-			b.sbuf[i] = en.shardOf(k)
+			b.kidx[i] = uint8(en.shardOf(k))
+			b.sbuf[i] = int(b.kidx[i])
 		}
 		sh := b.sbuf[:len(keys)]
 		slices.Sort(sh)
@@ -418,20 +420,23 @@ func (b *batch) setShards(en *engine, keys []string) {
 	b.sbig = slices.Compact(b.sbig)
 }
 
-// setEnts makes b hold ents (to release them) and their shards.
-func (b *batch) setEnts(en *engine, ents []*entry) {
-	if len(ents) <= len(b.kbuf) {
+// setEnts makes b hold the shards of ents, to release them.
+func (b *batch) setEnts(ents []*entry) {
+	if len(ents) <= len(b.sbuf) {
 		for i, e := range ents {
-			b.kbuf[i] = e.key
+			b.sbuf[i] = int(e.si)
 		}
-		b.nk = len(ents)
-	} else {
-		b.kbig = make([]string, len(ents))
-		for i, e := range ents {
-			b.kbig[i] = e.key
-		}
+		sh := b.sbuf[:len(ents)]
+		slices.Sort(sh)
+		b.ns = len(slices.Compact(sh))
+		return
 	}
-	b.setShards(en, b.keys())
+	b.sbig = make([]int, len(ents))
+	for i, e := range ents {
+		b.sbig[i] = int(e.si)
+	}
+	slices.Sort(b.sbig)
+	b.sbig = slices.Compact(b.sbig)
 }
 
 // resolve locks the shards and finds (creating) every key's entry.
@@ -452,7 +457,7 @@ func (b *batch) resolve(en *engine, cp *compiledPolicy, t int64) {
 	b.lock(en)
 	if len(keys) <= len(b.ebuf) {
 		for i, k := range keys {
-			b.ebuf[i] = en.get(&en.shards[en.shardOf(k)], k, cp, t)
+			b.ebuf[i] = en.get(&en.shards[b.kidx[i]], k, cp, t)
 		}
 		b.ne = len(keys)
 		return
