@@ -111,13 +111,14 @@ local function extend(k, ttl)
   if p == -1 or p < ttl then redis.call('PEXPIRE', k, ttl) end
 end
 
--- REGTTL is the time to live the registry needs after this script.
-local REGTTL = 0
+-- The registry has no time to live: it is pruned (entries scored by
+-- when their key may be gone) whenever a key joins it, and by renewals.
+local NEWKEYS = 0
 
 local function touch(e, k) e.touched[#e.touched + 1] = k end
 
 local function finish()
-  if REGTTL > 0 then extend(KEYS[1], REGTTL) end
+  if NEWKEYS > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', NOWMS) end
 end
 
 local function save(e)
@@ -154,11 +155,10 @@ local function save(e)
     -- when written (renewals extend holders and waiters)
     redis.call('PEXPIRE', e.S, ttl)
     for _, k in ipairs(e.touched) do redis.call('PEXPIRE', k, ttl) end
-    if ttl > REGTTL then REGTTL = ttl end
     keep = NOWMS + ttl
   end
   -- the registry scores keys by when they may be gone
-  redis.call('ZADD', KEYS[1], 'GT', keep, e.name)
+  NEWKEYS = NEWKEYS + redis.call('ZADD', KEYS[1], 'GT', keep, e.name)
 end
 
 local function effv(e)
@@ -300,9 +300,16 @@ if op == 'reserve' then
     local h = head(e)
     if h and (try or h ~= ticket) then consider(i, L_QUEUE, -1, '') end
     if kind == '1' then
-      e.reaped = reap(e)
       local s = slots(e)
-      if s > 0 and redis.call('ZCARD', e.H) >= s then consider(i, L_CONC, -1, '') end
+      if s > 0 then
+        -- dead holders are reaped only when they would make a difference
+        e.held = redis.call('ZCARD', e.H)
+        if e.held >= s then
+          e.reaped = reap(e)
+          if e.reaped > 0 then e.held = redis.call('ZCARD', e.H) end
+          if e.held >= s then consider(i, L_CONC, -1, '') end
+        end
+      end
       if l.civl > 0 then
         local r = ready(rel(e.ctat), ivl(e, l.civl), l.cburst)
         if r > rs then rs, ri, rk = r, i, L_CRATE end
@@ -331,7 +338,8 @@ if op == 'reserve' then
       local l = e.l
       if kind == '1' then
         redis.call('ZADD', e.H, NOWMS + LEASE, ticket)
-        touch(e, e.H)
+        -- a new set needs a time to live; an old one has one, kept by renewals
+        if not e.held or e.held == 0 then touch(e, e.H) end
         if l.civl > 0 then
           set(e, 'ctat', abs(math.max(rel(e.ctat) or 0, 0) + ivl(e, l.civl)))
         end
@@ -580,7 +588,6 @@ if op == 'renew' then
       extend(e.H, ttl)
       extend(e.Q, ttl)
       extend(e.X, ttl)
-      extend(KEYS[1], ttl)
       keep = NOWMS + ttl
     end
     redis.call('ZADD', KEYS[1], 'GT', keep, e.name)
