@@ -53,6 +53,7 @@ func TestBehaviourViaStore(t *testing.T) {
 		"RateLimited":          TestRateLimitedLowersRateForAWhile,
 		"PolicyReplacement":    TestPolicyReplacementUnderLoad,
 		"ManyKeys":             TestManyKeys,
+		"CancelledWaiter":      TestCancelledWaiterPassesItsTurnOn,
 		"Snapshot":             TestSnapshotFields,
 	} {
 		t.Run(name, test)
@@ -511,5 +512,43 @@ func TestManyKeys(t *testing.T) {
 			assert.Zero(t, s.InFlight, s.Key)
 			assert.Zero(t, s.Waiting, s.Key)
 		}
+	})
+}
+
+func TestCancelledWaiterPassesItsTurnOn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGov(t, &Policy{Default: Limits{MaxConcurrency: 1}})
+		p, err := g.Acquire(t.Context(), "k")
+		require.NoError(t, err)
+		got := make(chan int, 3)
+		ctxs := make([]context.CancelFunc, 3)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		for i := range 3 {
+			ctx, cancel := context.WithCancel(t.Context())
+			ctxs[i] = cancel
+			wg.Go(func() {
+				q, err := g.Acquire(ctx, "k")
+				if err != nil {
+					got <- -(i + 1)
+					return
+				}
+				got <- i
+				time.Sleep(time.Second)
+				q.Release()
+			})
+			synctest.Wait()
+		}
+		ctxs[0]() // the head gives up: the next waiter becomes the head
+		assert.Equal(t, -1, <-got, "the head gave up")
+		p.Release()
+		assert.Equal(t, 1, <-got)
+		assert.Equal(t, 2, <-got)
+		for _, c := range ctxs {
+			c()
+		}
+		synctest.Wait()
+		ks, _ := g.Snapshot()
+		assert.Zero(t, ks[0].Waiting)
 	})
 }
