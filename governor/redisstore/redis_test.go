@@ -47,8 +47,18 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	testAddr = os.Getenv(envRedis)
+	if testAddr != "" {
+		c := redis.NewClient(&redis.Options{Addr: testAddr, MaxRetries: -1})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := c.Ping(ctx).Err(); err != nil {
+			skipReason = envRedis + "=" + testAddr + " does not answer: " + err.Error()
+			testAddr = ""
+		}
+		cancel()
+		_ = c.Close()
+	}
 	var srv *redisServer
-	if testAddr == "" {
+	if testAddr == "" && skipReason == "" {
 		var err error
 		srv, err = startRedis(0)
 		if err != nil {
