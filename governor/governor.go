@@ -93,13 +93,10 @@ func (g *Governor) SetPolicy(p *Policy) error {
 // when the work ends; further Releases (of it or its copies) do nothing. The
 // zero Permit holds nothing.
 type Permit struct {
-	st     *permitState
-	gen    uint64
-	start  int64 // grant tick (engine.epoch based)
-	waited time.Duration
-	key    string // the Decision's Key, Limit and Reason
-	reason string
-	limit  LimitKind
+	st    *permitState
+	gen   uint64
+	start int64     // grant tick (engine.epoch based)
+	dec   *Decision // the Decision when it says more than "granted at start"
 }
 
 type permitState struct {
@@ -160,7 +157,10 @@ func (p Permit) Decision() Decision {
 	if p.st == nil {
 		return Decision{}
 	}
-	return Decision{OK: true, Start: p.Acquired(), Waited: p.waited, Key: p.key, Limit: p.limit, Reason: p.reason}
+	if p.dec != nil {
+		return *p.dec
+	}
+	return Decision{OK: true, Start: p.Acquired()}
 }
 
 func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
@@ -172,7 +172,11 @@ func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
 	} else {
 		st.ents = slices.Clone(ents)
 	}
-	return Permit{st: st, gen: st.gen.Load(), start: g.mem.tick(d.Start), waited: d.Waited, key: d.Key, limit: d.Limit, reason: d.Reason}
+	p := Permit{st: st, gen: st.gen.Load(), start: g.mem.tick(d.Start)}
+	if d.Waited != 0 || d.Limit != LimitNone {
+		p.dec = &d // a call that waited: one allocation is nothing next to the wait
+	}
+	return p
 }
 
 // Acquire blocks until it holds one concurrency slot and has taken one
