@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"net/textproto"
@@ -489,20 +490,41 @@ func (ss *session) reset() {
 // releases its governor slot. Safe to call more than once.
 func (ss *session) close(ctx context.Context, quit bool) {
 	ss.closeOnce.Do(func() {
+		graceful := false
 		if quit && !ss.broken {
 			stop := context.AfterFunc(ctx, func() { ss.raw.Close() })
-			ss.c.CommandTimeout = min(ss.s.timeouts.Hello, 10*time.Second)
-			ss.c.Quit()
+			graceful = ss.quit()
 			stop()
 		}
 		ss.raw.Close()
 		ss.broken = true
-		ss.s.learn.closed(poolKey{ss.sourceIP, ss.site})
+		ss.s.learn.closed(poolKey{ss.sourceIP, ss.site}, graceful)
 		if ss.permit != nil {
 			ss.permit.Release()
 		}
 	})
 }
+
+// quit sends QUIT and waits until the receiver closes its side (RFC 5321
+// 4.1.1.10: it MUST, after its 221), so that a replacement connection does
+// not reach it while it still counts this one. go-smtp's Quit closes at
+// once on the 221, so QUIT is written here, below go-smtp's idle writer
+// and above TLS. It reports whether the receiver closed in time.
+func (ss *session) quit() bool {
+	ss.track.SetDeadline(time.Now().Add(min(ss.s.timeouts.Hello, quitTimeout)))
+	if _, err := ss.track.Write([]byte("QUIT\r\n")); err != nil {
+		return false
+	}
+	var buf [512]byte
+	for {
+		if _, err := ss.track.Read(buf[:]); err != nil {
+			return errors.Is(err, io.EOF)
+		}
+	}
+}
+
+// quitTimeout bounds the wait for the receiver to close after QUIT.
+const quitTimeout = 2 * time.Second
 
 // usable reports whether ss can take another message.
 func (ss *session) usable(now time.Time) bool {

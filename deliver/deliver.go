@@ -627,10 +627,17 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			t.Stop()
 			continue
 		}
-		if !s.learn.reserve(k) {
+		if ok, graceEnd := s.learn.reserve(k); !ok {
 			// A learned limit: wait for a connection to come back or close.
+			var graceC <-chan time.Time
+			if !graceEnd.IsZero() {
+				t := time.NewTimer(time.Until(graceEnd))
+				defer t.Stop()
+				graceC = t.C
+			}
 			select {
 			case <-sig:
+			case <-graceC:
 			case <-waitCtx.Done():
 				return nil, s.errOutcome(ctx, waitCtx.Err()), time.Time{}
 			}
@@ -643,6 +650,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		}
 		if err != nil {
 			s.learn.dialed(k, false, false)
+			s.pool.wake(k)
 			if errors.Is(err, errWoken) {
 				continue
 			}
@@ -680,6 +688,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		}
 		s.learn.dialed(k, false, last.class.Category == smtpcode.Congestion && last.hasReply())
 		p.Release()
+		s.pool.wake(k) // a dial slot is free again
 		return nil, last, time.Time{}
 	}
 }

@@ -33,6 +33,8 @@ type learned struct {
 	perConn      int
 	perConnUntil time.Time
 
+	closing []time.Time // grace ends of connections just closed (closeGrace)
+
 	// Rate learning: recent delivery times, and the learned limit.
 	sent      [rateSamples]time.Time
 	nsent     int
@@ -56,24 +58,27 @@ func (l *learner) get(k poolKey) *learned {
 
 func (l *learner) forget(k poolKey, e *learned) {
 	now := time.Now()
-	if e.live == 0 && e.dialing == 0 && (e.limit == 0 || !now.Before(e.until)) &&
+	if e.live == 0 && e.dialing == 0 && len(e.closing) == 0 && (e.limit == 0 || !now.Before(e.until)) &&
 		(e.perConn == 0 || !now.Before(e.perConnUntil)) && (e.rl == nil || !now.Before(e.rlUntil)) &&
 		(e.nsent == 0 || now.Sub(e.sent[(e.nsent-1)%rateSamples]) > time.Minute) {
 		delete(l.m, k)
 	}
 }
 
-// reserve registers a dial for k, unless a learned limit forbids it.
-func (l *learner) reserve(k poolKey) bool {
+// reserve registers a dial for k, unless a learned limit forbids it; then
+// it returns when a grace period ends (zero: when a connection closes).
+func (l *learner) reserve(k poolKey) (bool, time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.get(k)
-	if e.limit > 0 && time.Now().Before(e.until) && e.live+e.dialing >= e.limit {
+	now := time.Now()
+	closing, next := e.closingCount(now)
+	if e.limit > 0 && now.Before(e.until) && e.live+e.dialing+closing >= e.limit {
 		l.forget(k, e)
-		return false
+		return false, next
 	}
 	e.dialing++
-	return true
+	return true, time.Time{}
 }
 
 // dialed ends a reserved dial: ok when the session is up; congested when
@@ -101,13 +106,40 @@ func (l *learner) dialed(k poolKey, ok, congested bool) {
 	l.forget(k, e)
 }
 
-// closed records the end of a greeted session.
-func (l *learner) closed(k poolKey) {
+// closeGrace is how long a connection closed after QUIT still counts as
+// open toward a learned limit: the receiver closed its side, but may not
+// have done its bookkeeping yet, and a replacement dialled at once would be
+// refused as one too many (and teach a limit one too low).
+const closeGrace = 50 * time.Millisecond
+
+// closed records the end of a greeted session; graceful when the
+// receiver closed its side after QUIT.
+func (l *learner) closed(k poolKey, graceful bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.get(k)
 	e.live--
+	if graceful && e.limit > 0 {
+		e.closing = append(e.closing, time.Now().Add(closeGrace))
+	}
 	l.forget(k, e)
+}
+
+// closingCount drops expired grace entries and returns the others, and
+// the earliest expiry.
+func (e *learned) closingCount(now time.Time) (int, time.Time) {
+	kept := e.closing[:0]
+	var first time.Time
+	for _, t := range e.closing {
+		if now.Before(t) {
+			kept = append(kept, t)
+			if first.IsZero() || t.Before(first) {
+				first = t
+			}
+		}
+	}
+	e.closing = kept
+	return len(kept), first
 }
 
 // live returns the greeted sessions open for k.

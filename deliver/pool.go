@@ -122,6 +122,13 @@ func (pl *pool) signal(k poolKey) <-chan struct{} {
 	return ch
 }
 
+// wake wakes the waiters of k (a dial ended without a session).
+func (pl *pool) wake(k poolKey) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.signalLocked(k)
+}
+
 func (pl *pool) signalLocked(k poolKey) {
 	if ch, ok := pl.sig[k]; ok {
 		close(ch)
@@ -139,6 +146,9 @@ func (pl *pool) closeLocked(ss *session) {
 	go func() {
 		defer pl.s.bg.Done()
 		ss.close(pl.s.base, true)
+		// Its slot and learned-limit place are free only now: wake the
+		// waiters again.
+		pl.wake(poolKey{ss.sourceIP, ss.site})
 	}()
 }
 
