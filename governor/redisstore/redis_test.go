@@ -117,6 +117,15 @@ func startRedis(port int) (*redisServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis-server not found on PATH")
 	}
+	return startRedisOn(bin, port)
+}
+
+// startRedisWith starts bin on a free loopback port with extra arguments.
+func startRedisWith(bin string, extra ...string) (*redisServer, error) {
+	return startRedisOn(bin, 0, extra...)
+}
+
+func startRedisOn(bin string, port int, extra ...string) (*redisServer, error) {
 	if port == 0 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -127,6 +136,7 @@ func startRedis(port int) (*redisServer, error) {
 	}
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	cmd.Args = append(cmd.Args, extra...)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
