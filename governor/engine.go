@@ -15,6 +15,9 @@ import (
 
 const nShards = 128
 
+// maxFreePermits bounds each shard's list of reusable permit states.
+const maxFreePermits = 64
+
 const unknown = int64(-1) // a RetryAt that depends on others releasing
 
 type engine struct {
@@ -27,10 +30,12 @@ type engine struct {
 type shard struct {
 	mu        sync.Mutex
 	index     int
+	free      *permitState // released one-key permit states, for reuse under mu
+	nfree     int
 	m         map[string]*entry
 	peak      int
 	nextSweep int64
-	_         [32]byte // keep hot shards on separate cache lines
+	_         [16]byte // keep hot shards on separate cache lines
 }
 
 // entry is one key's state. Times are ticks: nanoseconds since engine.epoch,
@@ -425,12 +430,16 @@ func (en *engine) undo(ents []*entry, kind Kind, tc, t int64) {
 // that finds it so restarts its idle time (see sweep).
 func (en *engine) release(ents []*entry) {
 	for _, e := range ents {
-		if e.held > 0 {
-			e.held--
-		}
-		e.touched = true
-		e.wake()
+		e.release()
 	}
+}
+
+func (e *entry) release() {
+	if e.held > 0 {
+		e.held--
+	}
+	e.touched = true
+	e.wake()
 }
 
 // wake tells the head waiter to look again.
@@ -501,6 +510,7 @@ func (en *engine) sweep(s *shard, t int64) {
 		every = int64(time.Second)
 	}
 	s.nextSweep = t + every
+	s.free, s.nfree = nil, 0 // memory follows active keys, permit states included
 	for k, e := range s.m {
 		if e.quiescent(t, en.idle) {
 			if e.touched { // released since: idle from now on

@@ -104,7 +104,8 @@ type permitState struct {
 	gen  atomic.Uint64
 	ebuf [4]*entry
 	ents []*entry
-	req  *Request // with a Store
+	req  *Request     // with a Store
+	next *permitState // in shard.free
 }
 
 // Release frees the permit's slots and wakes the next waiters. It is safe
@@ -123,10 +124,21 @@ func (p Permit) Release() {
 	} else {
 		ents := st.ents
 		if len(ents) == 1 {
-			s := ents[0].shard
+			e := ents[0]
+			st.ebuf[0], st.ents = nil, nil
+			s := e.shard
 			s.mu.Lock()
-			g.mem.release(ents)
+			e.release()
+			if s.nfree < maxFreePermits { // keep it for the shard's next fast grant
+				st.next, s.free = s.free, st
+				s.nfree++
+				st = nil
+			}
 			s.mu.Unlock()
+			if st != nil {
+				g.permits.Put(st)
+			}
+			return
 		} else if len(ents) > 1 {
 			var b batch
 			b.setEnts(ents)
@@ -194,8 +206,8 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 		return g.newPermit(nil, req, d), nil
 	}
 	if len(keys) == 1 {
-		if e, t := g.fast(ctx, keys[0], KindSlot); e != nil {
-			return g.newPermit1(e, t), nil
+		if e, t, st := g.fast(ctx, keys[0], KindSlot); e != nil {
+			return g.newPermit1(e, t, st), nil
 		}
 	}
 	var b batch
@@ -212,9 +224,9 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 // fast grants a one-key request that needs no waiting, no queue, no quota,
 // window, suspension or jitter, under one lock with no batch to set up. It
 // returns nil when the general path must decide (including every error).
-func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, int64) {
+func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, int64, *permitState) {
 	if key == "" || ctx.Err() != nil {
-		return nil, 0
+		return nil, 0, nil
 	}
 	en := g.mem
 	t := en.tick1()
@@ -225,18 +237,18 @@ func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, int
 	l := e.limits(cp)
 	if len(e.q) > 0 || e.suspUntil > t || l.winOn {
 		s.mu.Unlock()
-		return nil, 0
+		return nil, 0, nil
 	}
 	if kind == KindSlot {
 		if n := e.slots(); n > 0 && int(e.held) >= n {
 			s.mu.Unlock()
-			return nil, 0
+			return nil, 0, nil
 		}
 		if l.civl > 0 {
 			iv := e.ivl(l.civl, t)
 			if ready(e.ctat, t, iv, burstOf(l.raw.ConnectionBurst)) > t {
 				s.mu.Unlock()
-				return nil, 0
+				return nil, 0, nil
 			}
 			e.ctat = max(e.ctat, t) + iv
 		}
@@ -244,24 +256,32 @@ func (g *Governor) fast(ctx context.Context, key string, kind Kind) (*entry, int
 	} else {
 		if l.qmax > 0 || l.jitter > 0 {
 			s.mu.Unlock()
-			return nil, 0
+			return nil, 0, nil
 		}
 		if l.ival > 0 {
 			iv := e.ivl(l.ival, t)
 			if ready(e.tat, t, iv, burstOf(l.raw.Burst)) > t {
 				s.mu.Unlock()
-				return nil, 0
+				return nil, 0, nil
 			}
 			e.tat = max(e.tat, t) + iv
 		}
 	}
 	e.lastUsed = t
+	var st *permitState
+	if kind == KindSlot && s.free != nil {
+		st, s.free = s.free, s.free.next
+		st.next = nil
+		s.nfree--
+	}
 	s.mu.Unlock()
-	return e, t
+	return e, t, st
 }
 
-func (g *Governor) newPermit1(e *entry, t int64) Permit {
-	st := g.permits.Get().(*permitState)
+func (g *Governor) newPermit1(e *entry, t int64, st *permitState) Permit {
+	if st == nil {
+		st = g.permits.Get().(*permitState)
+	}
 	st.ebuf[0] = e
 	st.ents = st.ebuf[:1]
 	return Permit{st: st, gen: st.gen.Load(), start: t}
@@ -281,8 +301,8 @@ func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 		return g.newPermit(nil, req, d), d, nil
 	}
 	if len(keys) == 1 {
-		if e, t := g.fast(context.Background(), keys[0], KindSlot); e != nil {
-			p := g.newPermit1(e, t)
+		if e, t, st := g.fast(context.Background(), keys[0], KindSlot); e != nil {
+			p := g.newPermit1(e, t, st)
 			return p, p.Decision(), nil
 		}
 	}
@@ -309,7 +329,7 @@ func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
 		return d, err
 	}
 	if len(keys) == 1 {
-		if e, t := g.fast(ctx, keys[0], KindEvent); e != nil {
+		if e, t, _ := g.fast(ctx, keys[0], KindEvent); e != nil {
 			return Decision{OK: true, Start: g.mem.wall(t)}, nil
 		}
 	}
@@ -329,7 +349,7 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 		return d, err
 	}
 	if len(keys) == 1 {
-		if e, t := g.fast(context.Background(), keys[0], KindEvent); e != nil {
+		if e, t, _ := g.fast(context.Background(), keys[0], KindEvent); e != nil {
 			return Decision{OK: true, Start: g.mem.wall(t)}, nil
 		}
 	}
