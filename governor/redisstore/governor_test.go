@@ -165,23 +165,34 @@ func TestWakeAcrossStores(t *testing.T) {
 	}
 }
 
-// A waiter whose process died leaves the queue when its lease ends, so it
-// does not block the others.
+// A waiter whose process died leaves the queue when its lease ends, and
+// the live waiter behind it is woken (it waits on its Wake channel only).
 func TestDeadWaiterLeavesQueue(t *testing.T) {
 	addr := needRedis(t)
 	prefix := randomPrefix()
 	lim := governor.Limits{MaxConcurrency: 1}
 	a := newStore(t, addr, redisstore.Options{Prefix: prefix, Lease: 200 * time.Millisecond})
-	b := newStore(t, addr, redisstore.Options{Prefix: prefix})
+	b := newStore(t, addr, redisstore.Options{Prefix: prefix, Lease: 600 * time.Millisecond})
 	h := req(governor.KindSlot, time.Now(), lim, "k")
 	require.True(t, reserve(t, b, h).OK)
 	w := req(governor.KindSlot, time.Now(), lim, "k")
 	require.False(t, reserve(t, a, w).OK) // queued at the head
 	require.NoError(t, a.Close())         // "dies": no more renewals
-	require.NoError(t, b.Release(context.Background(), h))
-	eventually(t, "the dead waiter's place lapses", func() bool {
-		r := req(governor.KindSlot, time.Now(), lim, "k")
-		r.Try = true
-		return reserve(t, b, r).OK
+
+	g, err := governor.New(governor.Config{Store: b, Policy: &governor.Policy{Default: lim}})
+	require.NoError(t, err)
+	got := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		p, err := g.Acquire(ctx, "k")
+		p.Release()
+		got <- err
+	}()
+	eventually(t, "the live waiter queues behind the dead one", func() bool {
+		ks, err := b.Snapshot(context.Background(), time.Now())
+		return err == nil && len(ks) == 1 && ks[0].Waiting == 2
 	})
+	require.NoError(t, b.Release(context.Background(), h)) // wakes the dead head only
+	require.NoError(t, <-got)
 }

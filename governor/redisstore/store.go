@@ -876,7 +876,13 @@ func (s *Store) renew() {
 				a = append(a, e.ty, e.ticket)
 			}
 		}
-		_, err = s.run(ctx, s.redisKeys(keys), a)
+		var res any
+		res, err = s.run(ctx, s.redisKeys(keys), a)
+		// waiters whose place lapsed retry (and queue again)
+		lost, _ := res.([]any)
+		for _, t := range lost {
+			s.wake(str(t))
+		}
 	}
 	s.mu.Lock()
 	s.renewing = false

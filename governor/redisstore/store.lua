@@ -199,17 +199,26 @@ local function reap(e)
 end
 
 -- head returns the oldest live waiter of e and its info, dropping dead ones.
+-- A live head found behind dead ones is woken: nobody else would.
 local function head(e)
+  local purged = false
   while true do
     local h = redis.call('ZRANGE', e.Q, 0, 0)[1]
     if not h then return nil end
     local info = redis.call('HGET', e.X, h)
     if info then
       local exp = tonumber(string.match(info, '^(%S+)'))
-      if exp and exp > NOWMS then return h, info end
+      if exp and exp > NOWMS then
+        if purged then
+          local owner = string.match(info, '^%S+ (%S+)')
+          if owner then redis.call('PUBLISH', CHAN .. owner, h) end
+        end
+        return h, info
+      end
     end
     redis.call('ZREM', e.Q, h)
     redis.call('HDEL', e.X, h)
+    purged = true
   end
 end
 
@@ -562,7 +571,9 @@ if op == 'renew' then
   -- with a fresh lease: after a Redis restart that lost the data, live
   -- holders count again. Waiters keep their lease only if still queued;
   -- keys with local waiters are reaped, and their heads woken if a dead
-  -- holder's slot came back.
+  -- holder's slot or a dead head's place came back. Returns the waiters
+  -- that lost their place (their lease lapsed): they must retry.
+  local lost = {}
   local a = 9
   for i = 1, N do
     local b = 1 + (i - 1) * 5
@@ -578,9 +589,13 @@ if op == 'renew' then
       elseif redis.call('HEXISTS', e.X, ticket) == 1 then
         redis.call('HSET', e.X, ticket, I(NOWMS + LEASE) .. ' ' .. OWNER)
         waiting = true
+      else
+        lost[#lost + 1] = ticket
       end
     end
-    if waiting and reap(e) > 0 then wake(e) end
+    if waiting then
+      if reap(e) > 0 then wake(e) else head(e) end
+    end
     local keep = NOWMS + 1e13
     if IDLE >= 0 then
       local ttl = IDLE + LEASE
@@ -593,7 +608,7 @@ if op == 'renew' then
     redis.call('ZADD', KEYS[1], 'GT', keep, e.name)
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', NOWMS)
-  return 1
+  return lost
 end
 
 if op == 'snapshot' then
