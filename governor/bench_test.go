@@ -346,3 +346,38 @@ func BenchmarkInterleaved(b *testing.B) {
 		})
 	})
 }
+
+// The hot paths allocate nothing (a regression test, not a timing).
+func TestHotPathsDoNotAllocate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation counts only")
+	}
+	g, err := New(Config{Policy: &Policy{Default: Limits{MaxConcurrency: 10, Rate: 1e9, Burst: 1e9, ConnectionRate: 1e9, ConnectionBurst: 1e9}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	keys := []string{"ip:203.0.113.7", "site:google.com", "ip:203.0.113.7|site:google.com"}
+	for name, f := range map[string]func(){
+		"acquire-release-one-key": func() {
+			p, _ := g.Acquire(ctx, keys[0])
+			p.Release()
+		},
+		"acquire-release-three-keys": func() {
+			p, _ := g.Acquire(ctx, keys...)
+			p.Release()
+		},
+		"take-one-key":    func() { _, _ = g.Take(ctx, keys[0]) },
+		"take-three-keys": func() { _, _ = g.Take(ctx, keys...) },
+		"try-acquire": func() {
+			p, _, _ := g.TryAcquire(keys[0])
+			p.Release()
+		},
+		"feedback": func() { _ = g.Feedback(keys[2], Signal{Kind: Success}) },
+	} {
+		f() // create the keys first
+		if n := testing.AllocsPerRun(100, f); n != 0 {
+			t.Errorf("%s: %v allocations per run", name, n)
+		}
+	}
+}

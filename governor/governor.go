@@ -186,7 +186,8 @@ func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
 	}
 	p := Permit{st: st, gen: st.gen.Load(), start: g.mem.tick(d.Start)}
 	if d.Waited != 0 || d.Limit != LimitNone {
-		p.dec = &d // a call that waited: one allocation is nothing next to the wait
+		p.dec = new(Decision) // a call that waited: one allocation is nothing next to the wait
+		*p.dec = d
 	}
 	return p
 }
