@@ -54,11 +54,13 @@
 //
 // Every key of a store is named "{Prefix}:...": Prefix is a hash tag, so all
 // of a store's keys live in one cluster slot and any set of keys is taken by
-// one script, which Cluster requires. The trade-off: one store's load goes
-// to one shard (and its replicas). To spread the load, give independent
-// key sets their own store and Prefix (one per IP pool, per tenant, per
-// region), as long as no single Acquire needs keys of two stores. Pub/sub
-// wake-ups use ordinary PUBLISH, which Cluster broadcasts.
+// one script, which Cluster requires (the tests run the conformance suite on
+// a three-master cluster through a *redis.ClusterClient). The trade-off:
+// one store's load goes to one shard (and its replicas). To spread the
+// load, give independent key sets their own store and Prefix (one per IP
+// pool, per tenant, per region), as long as no single Acquire needs keys of
+// two stores. Pub/sub wake-ups use ordinary PUBLISH, which Cluster
+// broadcasts to every node.
 //
 // # When Redis is unreachable
 //
@@ -111,7 +113,9 @@
 //
 // Without either, the tests skip with a message, except with CI=true, where
 // they fail. The fault tests always start their own redis-server (they kill
-// it). The benchmarks run against the same server:
+// and restart it), and the cluster test starts three and joins them with
+// redis-cli (installed with redis-server); -short skips those and the tests
+// that spawn processes. The benchmarks run against the same server:
 //
 //	go test -run '^$' -bench . -benchtime 2000x ./governor/redisstore/
 package redisstore
