@@ -101,8 +101,19 @@ func TestRedisRestartFailClosed(t *testing.T) {
 
 	p, err := ga.Acquire(context.Background(), "k")
 	require.NoError(t, err)
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := gb.Acquire(context.Background(), "k")
+		blocked <- err
+	}()
+	eventually(t, "b waits", func() bool {
+		ks, err := b.Snapshot(context.Background(), time.Now())
+		return err == nil && len(ks) == 1 && ks[0].Waiting == 1
+	})
 
 	srv.stop()
+	// the blocked Acquire fails instead of waiting for a lost wake-up
+	require.ErrorIs(t, <-blocked, redisstore.ErrUnavailable)
 	_, _, err = gb.TryAcquire("k")
 	require.ErrorIs(t, err, governor.ErrStore)
 	require.ErrorIs(t, err, redisstore.ErrUnavailable)

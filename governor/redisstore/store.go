@@ -350,8 +350,13 @@ func (s *Store) probe() {
 }
 
 func (s *Store) markDown(err error) {
-	if s.down.CompareAndSwap(false, true) && s.opt.Logger != nil {
-		s.opt.Logger.Warn("redisstore: redis unreachable", "prefix", s.opt.Prefix, "mode", s.opt.Unavailable.String(), "err", err)
+	if s.down.CompareAndSwap(false, true) {
+		if s.opt.Logger != nil {
+			s.opt.Logger.Warn("redisstore: redis unreachable", "prefix", s.opt.Prefix, "mode", s.opt.Unavailable.String(), "err", err)
+		}
+		// waiters blocked on a Redis queue retry: they fail (FailClosed)
+		// or go on locally (Degrade) instead of waiting for a lost wake-up
+		s.wakeAll()
 	}
 }
 
