@@ -33,7 +33,11 @@ func startCluster(t *testing.T) []string {
 	}
 	var addrs []string
 	for range 3 {
-		srv, err := startRedisWith(bin, "--cluster-enabled", "yes", "--cluster-config-file", t.TempDir()+"/nodes.conf")
+		// the bus port would be port+10000, maybe past 65535: choose it
+		bus, err := freePort()
+		require.NoError(t, err)
+		srv, err := startRedisWith(bin, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
+			"--cluster-config-file", t.TempDir()+"/nodes.conf")
 		require.NoError(t, err)
 		t.Cleanup(srv.stop)
 		addrs = append(addrs, srv.addr)

@@ -125,14 +125,22 @@ func startRedisWith(bin string, extra ...string) (*redisServer, error) {
 	return startRedisOn(bin, 0, extra...)
 }
 
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
 func startRedisOn(bin string, port int, extra ...string) (*redisServer, error) {
 	if port == 0 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
+		var err error
+		if port, err = freePort(); err != nil {
 			return nil, err
 		}
-		port = l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
 	}
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
