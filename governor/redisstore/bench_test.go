@@ -183,12 +183,15 @@ func BenchmarkWakeup(b *testing.B) {
 			b.Fatal(err)
 		}
 		got := make(chan time.Time, 1)
+		var werr error
 		go func() {
-			pb, err := gb.Acquire(ctx, "k")
+			// bounded: a lost wake-up fails the benchmark instead of hanging it
+			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			pb, err := gb.Acquire(wctx, "k")
+			werr = err
 			got <- time.Now()
-			if err == nil {
-				pb.Release()
-			}
+			pb.Release()
 		}()
 		for { // until b is queued (it then waits on its Wake channel only)
 			ks, err := sa.Snapshot(ctx, time.Now())
@@ -203,6 +206,9 @@ func BenchmarkWakeup(b *testing.B) {
 		released := time.Now()
 		pa.Release()
 		delays = append(delays, (<-got).Sub(released))
+		if werr != nil {
+			b.Fatal("waiter:", werr)
+		}
 		for { // b released: the slot is free again
 			ks, _ := sa.Snapshot(ctx, time.Now())
 			if len(ks) == 1 && ks[0].InFlight == 0 {
