@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -195,4 +196,49 @@ func TestDeadWaiterLeavesQueue(t *testing.T) {
 	})
 	require.NoError(t, b.Release(context.Background(), h)) // wakes the dead head only
 	require.NoError(t, <-got)
+}
+
+// Many goroutines in two stores contend for one slot with no deadline to
+// speak of: every blocked Acquire waits on its Wake channel only, so a
+// single lost wake-up would stall it until its 30-second context ends.
+func TestNoLostWakeups(t *testing.T) {
+	addr := needRedis(t)
+	prefix := randomPrefix()
+	pol := &governor.Policy{Default: governor.Limits{MaxConcurrency: 1}}
+	var gs [2]*governor.Governor
+	for i := range gs {
+		st := newStore(t, addr, redisstore.Options{Prefix: prefix})
+		g, err := governor.New(governor.Config{Store: st, Policy: pol})
+		require.NoError(t, err)
+		gs[i] = g
+	}
+	var holders atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g := gs[w%2]
+			for range 25 {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				p, err := g.Acquire(ctx, "k")
+				cancel()
+				if err != nil {
+					errs <- err
+					return
+				}
+				if holders.Add(1) != 1 {
+					errs <- errors.New("two holders of a one-slot key")
+				}
+				holders.Add(-1)
+				p.Release()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
 }
