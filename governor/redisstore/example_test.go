@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -18,7 +19,7 @@ import (
 // of the server they started.)
 func Example() {
 	addr := os.Getenv("SLUICE_TEST_REDIS")
-	prefix := "example-" + randomPrefix() // isolates this run's keys
+	prefix := "example-" + strconv.FormatInt(time.Now().UnixNano(), 36) // this run's keys only
 	policy := &governor.Policy{Patterns: []governor.Pattern{
 		{Match: "ip:*", Limits: governor.Limits{MaxConcurrency: 2}},
 	}}
