@@ -247,3 +247,40 @@ func TestUnavailableAtStart(t *testing.T) {
 	_, err = g.Snapshot()
 	require.ErrorIs(t, err, redisstore.ErrUnavailable)
 }
+
+// With Degrade, an Acquire blocked on Redis when it goes away goes on with
+// the local limits instead of waiting for a wake-up that cannot come.
+func TestDegradeMovesBlockedWaiter(t *testing.T) {
+	srv := ownRedis(t)
+	var logs logBuf
+	opt := faultOptions(redisstore.Degrade, &logs)
+	opt.Prefix = randomPrefix()
+	st := newStore(t, srv.addr, opt)
+	g := governorOn(t, st, 2) // 2 in the fleet, 1 per process alone
+	var held []governor.Permit
+	for range 2 {
+		p, err := g.Acquire(context.Background(), "k")
+		require.NoError(t, err)
+		held = append(held, p)
+	}
+	got := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		p, err := g.Acquire(ctx, "k")
+		p.Release()
+		got <- err
+	}()
+	eventually(t, "the third Acquire waits in Redis", func() bool {
+		ks, err := st.Snapshot(context.Background(), time.Now())
+		return err == nil && len(ks) == 1 && ks[0].Waiting == 1
+	})
+	srv.stop()
+	require.NoError(t, <-got)
+	require.True(t, st.Degraded())
+	for _, p := range held {
+		p.Release()
+	}
+	restart(t, srv)
+	eventually(t, "back on Redis", func() bool { return !st.Degraded() })
+}
