@@ -650,10 +650,12 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		}
 		if err != nil {
 			s.learn.dialed(k, false, false)
-			s.pool.wake(k)
 			if errors.Is(err, errWoken) {
+				// Every waiter of k was woken by the same signal: no need
+				// to wake them again for the dial slot given back.
 				continue
 			}
+			s.pool.wake(k)
 			o := &outcome{err: err, class: smtpcode.ClassifyError(err)}
 			if ctx.Err() != nil {
 				o = s.errOutcome(ctx, ctx.Err())
