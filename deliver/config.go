@@ -187,7 +187,9 @@ type Hooks struct {
 	Attempt func(AttemptInfo)
 	// Result is called once per recipient with its final result.
 	Result func(Result)
-	// Wait is called after each governor wait (granted or not).
+	// Wait is called after each governor wait that took time or gave up
+	// (a grant at once is not reported), and after each wait for a rate
+	// learned from a receiver.
 	Wait func(WaitInfo)
 	// Connect is called after each connection attempt.
 	Connect func(ConnectInfo)

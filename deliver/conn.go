@@ -402,9 +402,11 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 			continue
 		}
 		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code == 452 && len(accepted) > 0 &&
-			(se.EnhancedCode == smtp.EnhancedCode{4, 5, 3} || strings.Contains(strings.ToLower(se.Message), "too many recipients")) {
-			// RFC 5321 4.5.3.1.10: send what was accepted, the rest later.
+		if errors.As(err, &se) && (se.Code == 452 || se.Code == 552) && len(accepted) > 0 &&
+			(se.EnhancedCode == smtp.EnhancedCode{4, 5, 3} || se.EnhancedCode == smtp.EnhancedCode{5, 5, 3} ||
+				strings.Contains(strings.ToLower(se.Message), "too many recipients")) {
+			// RFC 5321 4.5.3.1.10: send what was accepted, the rest in
+			// another transaction (552 is the legacy code for the same).
 			for j := i; j < len(rcpts); j++ {
 				res[j].notTried = true
 			}

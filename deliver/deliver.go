@@ -358,6 +358,12 @@ func isWaitErr(err error) bool {
 	return errors.As(err, &we)
 }
 
+// MaxRecipientsPerTransaction is the most RCPT commands deliver sends in
+// one transaction: the 100 recipients RFC 5321 4.5.3.1.8 requires every
+// server to accept. More recipients of one domain go in further
+// transactions, on the same connection when it can be reused.
+const MaxRecipientsPerTransaction = 100
+
 // Governor keys. "ip:any" stands for "whatever address the system picks".
 func ipKey(src netip.Addr) string {
 	if !src.IsValid() {
@@ -475,7 +481,10 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 		}
 
 		start := time.Now()
-		batch := pending
+		batch, rest := pending, []int(nil)
+		if len(batch) > MaxRecipientsPerTransaction {
+			batch, rest = pending[:MaxRecipientsPerTransaction], pending[MaxRecipientsPerTransaction:]
+		}
 		rcpts := make([]int, len(batch))
 		for j, i := range batch {
 			rcpts[j] = i
@@ -483,7 +492,7 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 		}
 		res, lastOut := ss.transaction(ctx, st.p, rcpts)
 		accepted := 0
-		pending = nil
+		pending = rest
 		retryConn := false
 		for j, r := range res {
 			i := batch[j]

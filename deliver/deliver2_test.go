@@ -289,3 +289,25 @@ func TestSendLearnsMessagesPerConnection(t *testing.T) {
 		assert.Len(t, srv.Connections(), 4)
 	})
 }
+
+func TestSendBatchesRecipients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{DiscardData: true})
+		h := newHarness(t, srv, nil)
+		to := make([]string, 250)
+		for i := range to {
+			to[i] = fmt.Sprintf("r%d@example.test", i)
+		}
+		out, err := h.s.Send(t.Context(), msg(to...))
+		require.NoError(t, err)
+		for _, r := range out {
+			require.Equal(t, Delivered, r.Status)
+		}
+		msgs := srv.Messages()
+		require.Len(t, msgs, 3)
+		assert.Len(t, msgs[0].To, 100)
+		assert.Len(t, msgs[2].To, 50)
+		assert.Len(t, srv.Connections(), 1)
+		h.close()
+	})
+}

@@ -61,7 +61,8 @@ type Message struct {
 	// Data is the message (headers, blank line, body). Line endings may be
 	// LF or CRLF: every bare CR or LF is sent as CRLF, so that no receiver
 	// can see a different end of data than we do (SMTP smuggling).
-	// Dot-stuffing is done on the wire; do not stuff Data yourself.
+	// Dot-stuffing is done on the wire; do not stuff Data yourself. Data
+	// is not copied: leave it unchanged until Send returns.
 	Data []byte
 	// Body is an alternative to Data: it is read once, fully, before any
 	// connection is made (the data may go to several receivers and be
