@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -309,5 +310,41 @@ func TestSendBatchesRecipients(t *testing.T) {
 		assert.Len(t, msgs[2].To, 50)
 		assert.Len(t, srv.Connections(), 1)
 		h.close()
+	})
+}
+
+// A Send waiting for a slot returns when its ctx ends, and so does one
+// blocked when Close gives up waiting.
+func TestSendCancelledWhileWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{Latency: delivertest.Latency{Data: time.Hour}})
+		gov, err := governor.New(governor.Config{Policy: &governor.Policy{Default: governor.Limits{MaxConcurrency: 1}}})
+		require.NoError(t, err)
+		h := newHarness(t, srv, func(c *Config) { c.Governor = gov; c.MaxWait = -1 })
+		h.gov = gov
+		first := make(chan []Result)
+		go func() {
+			res, _ := h.s.Send(context.Background(), msg("a@example.test"))
+			first <- res
+		}()
+		time.Sleep(time.Second) // the first Send holds the only slot
+
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		start := time.Now()
+		out, err := h.s.Send(ctx, &Message{From: "a@example.org", To: []string{"b@example.test"}, Body: strings.NewReader("Subject: x\n\nx\n")})
+		require.NoError(t, err)
+		assert.Equal(t, time.Minute, time.Since(start))
+		assert.Equal(t, Deferred, out[0].Status)
+		assert.Zero(t, out[0].Attempts, "waiting is not an attempt")
+		assert.ErrorIs(t, out[0].Err, context.DeadlineExceeded)
+
+		closeCtx, cancelClose := context.WithTimeout(t.Context(), time.Second)
+		defer cancelClose()
+		require.ErrorIs(t, h.s.Close(closeCtx), context.DeadlineExceeded)
+		res := <-first
+		assert.Equal(t, Deferred, res[0].Status)
+		assert.True(t, res[0].PossiblyDelivered)
+		h.assertNoSlots()
 	})
 }
