@@ -96,7 +96,8 @@ const (
 // with the documented defaults: opportunistic TLS, the built-in per-site
 // policy (DefaultPolicy), RFC 5321 timeouts, nothing logged.
 type Config struct {
-	// HelloName is the name given in EHLO. "" uses os.Hostname. Receivers
+	// HelloName is the name given in EHLO. "" uses os.Hostname (or
+	// "localhost" when that is not a valid domain name). Receivers
 	// check it against reverse DNS: set it to your sending host's FQDN.
 	HelloName string
 

@@ -140,12 +140,11 @@ func New(cfg Config) (*Sender, error) {
 	}
 	if s.helloName == "" {
 		h, err := os.Hostname()
-		if err != nil || h == "" {
-			h = "localhost"
+		if err != nil || validateDomain(h) != nil {
+			h = "localhost" // as go-smtp and net/smtp
 		}
 		s.helloName = h
-	}
-	if err := validateDomain(s.helloName); err != nil {
+	} else if err := validateDomain(s.helloName); err != nil {
 		return nil, fmt.Errorf("deliver: HelloName %q: %v", s.helloName, err)
 	}
 	s.dial = cfg.Dial
