@@ -119,8 +119,11 @@ type session struct {
 	broken    bool // unusable: closed, 421, protocol state unknown
 	exhausted bool // the receiver's messages-per-connection cap was reached
 
-	idleTimer *time.Timer
-	closeOnce sync.Once
+	// Pool state, guarded by pool.mu.
+	idleTimer  *time.Timer
+	timerArmed bool
+	idleSince  time.Time
+	closeOnce  sync.Once
 }
 
 // permit is what a session holds on the governor for its whole life.
@@ -152,7 +155,9 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 		if s.cfg.Hooks.Connect != nil {
 			s.cfg.Hooks.Connect(info)
 		}
-		s.log(ctx, "connect", "site", rt.site, "host", h.name, "source", src, "tls", info.TLS, "reply", info.Reply.String(), "err", info.Err)
+		if s.cfg.Logger != nil {
+			s.log(ctx, "connect", "site", rt.site, "host", h.name, "source", src, "tls", info.TLS, "reply", info.Reply.String(), "err", info.Err)
+		}
 		return ss, o
 	}
 

@@ -87,6 +87,7 @@ type Sender struct {
 	pool        *pool
 	learn       learner
 	sharedSites map[string]bool
+	keys        sync.Map // poolKey → []string, the connection keys
 	backoff     *backoff.Policy
 	maxPerConn  int
 	maxConnAge  time.Duration
@@ -376,6 +377,16 @@ func connKeys(src netip.Addr, site string) []string {
 	return []string{ip, "site:" + site, ip + "|site:" + site}
 }
 
+// keysFor returns connKeys, cached: the slice is shared and read-only.
+func (s *Sender) keysFor(k poolKey) []string {
+	if v, ok := s.keys.Load(k); ok {
+		return v.([]string)
+	}
+	keys := connKeys(k.src, k.site)
+	s.keys.Store(k, keys)
+	return keys
+}
+
 // deliverDomain delivers to the recipients idx of one domain.
 func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int) {
 	s := st.s
@@ -403,7 +414,7 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 
 	waitCtx, cancel := s.waitContext(ctx)
 	defer cancel()
-	keys := connKeys(st.src, rt.site)
+	keys := s.keysFor(poolKey{st.src, rt.site})
 	pairKey := keys[2]
 	pending := idx
 	last := make(map[int]*outcome, len(idx))
@@ -536,7 +547,9 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 				Recipients: len(batch), Accepted: accepted, Reply: lastOut.reply, Class: lastOut.class,
 				Err: lastOut.err, Duration: time.Since(start)})
 		}
-		s.log(ctx, "attempt", "site", rt.site, "host", ss.host.name, "rcpts", len(batch), "accepted", accepted, "reply", lastOut.reply.String(), "err", lastOut.err)
+		if s.cfg.Logger != nil {
+			s.log(ctx, "attempt", "site", rt.site, "host", ss.host.name, "rcpts", len(batch), "accepted", accepted, "reply", lastOut.reply.String(), "err", lastOut.err)
+		}
 		s.release(ss)
 		if retryConn {
 			attempts++
@@ -549,13 +562,71 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 	}
 }
 
-// waitContext bounds governor waits by MaxWait.
+// waitContext bounds governor waits by MaxWait. The context is built
+// only when a wait needs it: a Send that waits for nothing (a pooled
+// connection, tokens at hand) sets no timer.
 func (s *Sender) waitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	l := &lazyCtx{parent: ctx}
 	if s.maxWait > 0 {
-		return context.WithTimeout(ctx, s.maxWait)
+		l.deadline = time.Now().Add(s.maxWait)
 	}
-	return context.WithCancel(ctx)
+	return l, l.stop
 }
+
+// lazyCtx is ctx with an optional earlier deadline, created on first use.
+// Deadline needs no context; Done, Err and Value build it.
+type lazyCtx struct {
+	parent   context.Context
+	deadline time.Time // zero: none
+	once     sync.Once
+	ctx      context.Context
+	cancel   context.CancelFunc
+	mu       sync.Mutex
+	stopped  bool
+}
+
+func (l *lazyCtx) init() context.Context {
+	l.once.Do(func() {
+		var ctx context.Context
+		var cancel context.CancelFunc
+		if l.deadline.IsZero() {
+			ctx, cancel = context.WithCancel(l.parent)
+		} else {
+			ctx, cancel = context.WithDeadline(l.parent, l.deadline)
+		}
+		l.mu.Lock()
+		l.ctx, l.cancel = ctx, cancel
+		stopped := l.stopped
+		l.mu.Unlock()
+		if stopped {
+			cancel()
+		}
+	})
+	return l.ctx
+}
+
+// stop releases the context's resources, if it was built.
+func (l *lazyCtx) stop() {
+	l.mu.Lock()
+	l.stopped = true
+	cancel := l.cancel
+	l.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+func (l *lazyCtx) Deadline() (time.Time, bool) {
+	d, ok := l.parent.Deadline()
+	if !l.deadline.IsZero() && (!ok || l.deadline.Before(d)) {
+		return l.deadline, true
+	}
+	return d, ok
+}
+
+func (l *lazyCtx) Done() <-chan struct{} { return l.init().Done() }
+func (l *lazyCtx) Err() error            { return l.init().Err() }
+func (l *lazyCtx) Value(key any) any     { return l.init().Value(key) }
 
 // tooLate reports whether waiting until notBefore for a new connection
 // would outlast MaxWait or ctx, with no open connection that could come
@@ -617,7 +688,7 @@ func (s *Sender) release(ss *session) {
 // up, when to retry.
 func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.Addr, hostStart int, notBefore time.Time) (*session, *outcome, time.Time) {
 	k := poolKey{src, rt.site}
-	keys := connKeys(src, rt.site)
+	keys := s.keysFor(k)
 	for {
 		if ss := s.pool.take(k, rt); ss != nil {
 			return ss, nil, time.Time{}
@@ -670,7 +741,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			}
 			return nil, o, dec.RetryAt
 		}
-		if dec.Waited > 0 {
+		if dec.Waited > 0 && s.cfg.Logger != nil {
 			s.log(ctx, "waited", "site", rt.site, "decision", dec.String())
 		}
 		var last *outcome
@@ -720,7 +791,7 @@ func siteThrottled(o *outcome) bool {
 
 // feedbackConnect tells the governor how a connection attempt failed.
 func (s *Sender) feedbackConnect(k poolKey, p permit, o *outcome) {
-	key := connKeys(k.src, k.site)[2]
+	key := s.keysFor(k)[2]
 	sig := governor.Signal{Started: p.Acquired(), Reason: o.reply.String()}
 	switch o.class.Category {
 	case smtpcode.Congestion:

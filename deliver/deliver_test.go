@@ -297,6 +297,7 @@ func TestSendTLSRequiredWithoutSTARTTLS(t *testing.T) {
 		assert.Equal(t, smtpcode.TLS, r.Class.Category)
 		assert.ErrorIs(t, r.Err, errTLSUnavailable)
 		assert.Zero(t, srv.MessageCount())
+		synctest.Wait()
 		for _, rep := range srv.Replies() {
 			assert.NotEqual(t, 354, rep.Code, "DATA must never start")
 		}
@@ -511,6 +512,7 @@ func TestSendGmailLikeCap(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		synctest.Wait() // let the receiver finish its record
 		assert.Equal(t, int64(100), delivered.Load())
 		assert.LessOrEqual(t, srv.MaxConcurrency(delivertest.DefaultIdentity), 2)
 		assert.Zero(t, srv.Throttled(delivertest.DefaultIdentity))
@@ -548,6 +550,7 @@ func TestSendGmailLikeCapLearns(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		synctest.Wait() // let the receiver finish its record
 		assert.Equal(t, int64(100), delivered.Load())
 		first, ok := srv.FirstReply(delivertest.CauseConcurrency)
 		require.True(t, ok, "the receiver refused at least once")

@@ -310,7 +310,9 @@ func validateLocalPart(local string) error {
 		return nil
 	}
 	// Dot-string = Atom *("." Atom)
-	for _, atom := range strings.Split(local, ".") {
+	for rest := local; ; {
+		atom, after, more := strings.Cut(rest, ".")
+		rest = after
 		if atom == "" {
 			return errors.New("empty atom in local part (leading, trailing or double dot)")
 		}
@@ -319,8 +321,10 @@ func validateLocalPart(local string) error {
 				return fmt.Errorf("character %q not allowed in local part", c)
 			}
 		}
+		if !more {
+			return nil
+		}
 	}
-	return nil
 }
 
 func isAtext(c byte) bool {
@@ -361,7 +365,9 @@ func validateDomain(domain string) error {
 	if ascii := routingDomain(name); len(ascii) > MaxDomainLen {
 		return fmt.Errorf("domain is %d octets in ASCII form, limit %d", len(ascii), MaxDomainLen)
 	}
-	for _, label := range strings.Split(name, ".") {
+	for rest, more := name, true; more; {
+		var label string
+		label, rest, more = strings.Cut(rest, ".")
 		if label == "" {
 			return errors.New("empty label in domain")
 		}

@@ -47,7 +47,6 @@ func (pl *pool) take(k poolKey, rt *route) *session {
 		}
 		list = append(list[:i], list[i+1:]...)
 		pl.setLocked(k, list)
-		ss.idleTimer.Stop()
 		return ss
 	}
 	pl.setLocked(k, list)
@@ -91,23 +90,42 @@ func (pl *pool) put(ss *session) {
 		return
 	}
 	pl.idle[k] = append(pl.idle[k], ss)
-	ss.idleTimer = time.AfterFunc(pl.s.idleTimeout, func() { pl.expire(k, ss) })
+	ss.idleSince = time.Now()
+	// One timer per session, armed lazily: a busy session is put back
+	// after every message, and re-arming a timer each time costs.
+	if !ss.timerArmed {
+		ss.timerArmed = true
+		if ss.idleTimer == nil {
+			ss.idleTimer = time.AfterFunc(pl.s.idleTimeout, func() { pl.expire(k, ss) })
+		} else {
+			ss.idleTimer.Reset(pl.s.idleTimeout)
+		}
+	}
 	pl.signalLocked(k)
 }
 
-// expire closes ss if it is still idle.
+// expire closes ss if it has been idle for the idle timeout, or re-arms
+// its timer for the rest.
 func (pl *pool) expire(k poolKey, ss *session) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
+	ss.timerArmed = false
 	list := pl.idle[k]
 	for i, x := range list {
-		if x == ss {
-			pl.setLocked(k, append(list[:i], list[i+1:]...))
-			pl.closeLocked(ss)
-			pl.signalLocked(k)
+		if x != ss {
+			continue
+		}
+		if rest := pl.s.idleTimeout - time.Since(ss.idleSince); rest > 0 {
+			ss.timerArmed = true
+			ss.idleTimer.Reset(rest)
 			return
 		}
+		pl.setLocked(k, append(list[:i], list[i+1:]...))
+		pl.closeLocked(ss)
+		pl.signalLocked(k)
+		return
 	}
+	// In use: put arms the timer again.
 }
 
 // signal returns a channel closed the next time a session of k is put back.

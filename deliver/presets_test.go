@@ -55,6 +55,7 @@ func TestSendPresets(t *testing.T) {
 				}
 				wg.Wait()
 				elapsed := time.Since(start)
+				synctest.Wait() // let the receiver finish its record
 				t.Logf("%s: %d delivered, %d deferred, %d bounced in %v (fake); receiver: max concurrency %d, %d throttling replies, %d connections",
 					tt.name, counts[Delivered].Load(), counts[Deferred].Load(), counts[Bounced].Load(), elapsed,
 					srv.MaxConcurrency(delivertest.DefaultIdentity), srv.Throttled(delivertest.DefaultIdentity), len(srv.Connections()))

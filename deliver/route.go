@@ -122,29 +122,35 @@ func newRouter(cfg *Config) *router {
 // lookup returns the route for domain (lower-case ASCII). It never returns
 // nil; failures are in route.fail.
 func (rt *router) lookup(ctx context.Context, domain string) *route {
-	if rt.smarthost != nil {
-		host, _, err := net.SplitHostPort(rt.smarthost.Addr)
-		if err != nil {
-			host = rt.smarthost.Addr
-		}
-		return rt.finish(&route{domain: domain, hosts: []routeHost{{name: host, addr: rt.smarthost.Addr}}})
-	}
-	if hosts, ok := rt.static[domain]; ok {
-		return rt.staticRoute(domain, hosts)
-	}
-	if hosts, ok := rt.static["*"]; ok {
-		return rt.staticRoute(domain, hosts)
-	}
-	if strings.HasPrefix(domain, "[") {
-		return rt.literalRoute(domain)
-	}
-
 	now := time.Now()
 	rt.mu.Lock()
 	if c, ok := rt.cache[domain]; ok && now.Before(c.expires) {
 		rt.mu.Unlock()
 		return c.r
 	}
+	rt.mu.Unlock()
+
+	var fixed *route
+	switch {
+	case rt.smarthost != nil:
+		host, _, err := net.SplitHostPort(rt.smarthost.Addr)
+		if err != nil {
+			host = rt.smarthost.Addr
+		}
+		fixed = rt.finish(&route{domain: domain, hosts: []routeHost{{name: host, addr: rt.smarthost.Addr}}})
+	case rt.static[domain] != nil:
+		fixed = rt.staticRoute(domain, rt.static[domain])
+	case rt.static["*"] != nil:
+		fixed = rt.staticRoute(domain, rt.static["*"])
+	case strings.HasPrefix(domain, "["):
+		fixed = rt.literalRoute(domain)
+	}
+	if fixed != nil {
+		rt.store(domain, fixed, now)
+		return fixed
+	}
+
+	rt.mu.Lock()
 	if call, ok := rt.inflight[domain]; ok {
 		rt.mu.Unlock()
 		select {
@@ -162,24 +168,31 @@ func (rt *router) lookup(ctx context.Context, domain string) *route {
 
 	rt.mu.Lock()
 	delete(rt.inflight, domain)
+	rt.mu.Unlock()
 	// Transient failures are not cached: the next message asks again.
 	if r.fail == nil || !smtpcode.Classify(r.fail.reply).Transient {
-		if len(rt.cache) >= maxCachedRoutes {
-			for d, c := range rt.cache {
-				if !now.Before(c.expires) {
-					delete(rt.cache, d)
-				}
-			}
-			if len(rt.cache) >= maxCachedRoutes {
-				clear(rt.cache)
-			}
-		}
-		rt.cache[domain] = cachedRoute{r: r, expires: now.Add(rt.ttl)}
+		rt.store(domain, r, now)
 	}
-	rt.mu.Unlock()
 	call.r = r
 	close(call.done)
 	return r
+}
+
+// store caches r for domain.
+func (rt *router) store(domain string, r *route, now time.Time) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.cache) >= maxCachedRoutes {
+		for d, c := range rt.cache {
+			if !now.Before(c.expires) {
+				delete(rt.cache, d)
+			}
+		}
+		if len(rt.cache) >= maxCachedRoutes {
+			clear(rt.cache)
+		}
+	}
+	rt.cache[domain] = cachedRoute{r: r, expires: now.Add(rt.ttl)}
 }
 
 func (rt *router) staticRoute(domain string, hosts []string) *route {

@@ -67,6 +67,7 @@ func scoreboard(t *testing.T, capConns, allowed, n int, latency time.Duration) (
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	synctest.Wait() // let the receiver finish its record
 	require.Equal(t, int64(n), done.Load())
 	// Per-connection throughput: MAIL, RCPT and the final dot each cost one
 	// latency (delivertest answers DATA's 354 at once; EHLO and the
