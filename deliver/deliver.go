@@ -255,6 +255,14 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 
 	// Group by domain, keeping first-seen order; through a smarthost every
 	// recipient goes in one transaction.
+	if s.cfg.Smarthost != nil || sameDomain(p.rcpts) {
+		all := make([]int, len(p.rcpts))
+		for i := range all {
+			all[i] = i
+		}
+		st.deliverDomain(ctx, p.rcpts[0].domain, all)
+		return st.results(msg), nil
+	}
 	var order []string
 	groups := map[string][]int{}
 	for i, r := range p.rcpts {
@@ -277,6 +285,15 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 		wg.Wait()
 	}
 	return st.results(msg), nil
+}
+
+func sameDomain(rcpts []rcpt) bool {
+	for _, r := range rcpts[1:] {
+		if r.domain != rcpts[0].domain {
+			return false
+		}
+	}
+	return true
 }
 
 // sendState is one Send in progress. Each domain's goroutine writes only

@@ -160,7 +160,10 @@ func (m *Message) prepare(maxBytes int64) (*prepared, error) {
 		smtputf8:  !isASCII(m.From),
 		index:     make([]int, len(m.To)),
 	}
-	seen := make(map[string]int, len(m.To))
+	var seen map[string]int
+	if len(m.To) > 1 {
+		seen = make(map[string]int, len(m.To))
+	}
 	for i, to := range m.To {
 		if j, ok := seen[to]; ok {
 			p.index[i] = j
@@ -170,7 +173,9 @@ func (m *Message) prepare(maxBytes int64) (*prepared, error) {
 			p.smtputf8 = true
 		}
 		_, dom := splitAddress(to)
-		seen[to] = len(p.rcpts)
+		if seen != nil {
+			seen[to] = len(p.rcpts)
+		}
 		p.index[i] = len(p.rcpts)
 		p.rcpts = append(p.rcpts, rcpt{addr: to, domain: routingDomain(dom)})
 	}
