@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicemail/sluice/backoff"
@@ -88,6 +89,7 @@ type Sender struct {
 	learn       learner
 	sharedSites map[string]bool
 	keys        sync.Map // poolKey → []string, the connection keys
+	nkeys       atomic.Int64
 	backoff     *backoff.Policy
 	maxPerConn  int
 	maxConnAge  time.Duration
@@ -400,9 +402,14 @@ func (s *Sender) keysFor(k poolKey) []string {
 		return v.([]string)
 	}
 	keys := connKeys(k.src, k.site)
-	s.keys.Store(k, keys)
+	if s.nkeys.Add(1) <= maxCachedKeys {
+		s.keys.Store(k, keys)
+	}
 	return keys
 }
+
+// maxCachedKeys bounds the key cache (one entry per source IP and site).
+const maxCachedKeys = 10000
 
 // deliverDomain delivers to the recipients idx of one domain.
 func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int) {

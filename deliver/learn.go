@@ -19,8 +19,9 @@ const DefaultLearnFor = 10 * time.Minute
 // that many are open, so a receiver capped at N never sees N+1 again
 // after its first refusal; the governor's AIMD goes on underneath.
 type learner struct {
-	mu sync.Mutex
-	m  map[poolKey]*learned
+	mu    sync.Mutex
+	m     map[poolKey]*learned
+	calls int // for the periodic sweep of stale entries
 }
 
 type learned struct {
@@ -47,6 +48,12 @@ type learned struct {
 func (l *learner) get(k poolKey) *learned {
 	if l.m == nil {
 		l.m = make(map[poolKey]*learned)
+	}
+	// Memory follows active sites: now and then, drop what is stale.
+	if l.calls++; l.calls%1024 == 0 && len(l.m) > 64 {
+		for k2, e := range l.m {
+			l.forget(k2, e)
+		}
 	}
 	e := l.m[k]
 	if e == nil {
