@@ -87,11 +87,13 @@ func (t *trackConn) Write(b []byte) (int, error) {
 		return i + 1 + n, err
 	}
 	n, err := t.Conn.Write(b)
-	for _, c := range b[:n] {
-		copy(t.tail[:], t.tail[1:])
-		t.tail[4] = c
+	if n >= len(t.tail) {
+		copy(t.tail[:], b[n-len(t.tail):n])
+	} else {
+		copy(t.tail[:], t.tail[n:])
+		copy(t.tail[len(t.tail)-n:], b[:n])
 	}
-	t.ntail = min(t.ntail+n, 5)
+	t.ntail = min(t.ntail+n, len(t.tail))
 	return n, err
 }
 

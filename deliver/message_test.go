@@ -2,6 +2,7 @@ package deliver
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -172,3 +173,29 @@ func FuzzValidateAddress(f *testing.F) {
 		_ = routingDomain(domain)
 	})
 }
+
+func TestTrackConnTail(t *testing.T) {
+	for _, writes := range [][]string{
+		{"abc\r\n.\r\n"},
+		{"abc\r\n", ".\r\n"},
+		{"abc\r", "\n", ".", "\r", "\n"},
+		{"\r\n.\r\n"},
+	} {
+		tc := &trackConn{Conn: discardConn{}}
+		for _, w := range writes {
+			_, err := tc.Write([]byte(w))
+			require.NoError(t, err)
+		}
+		assert.True(t, tc.wroteFinalDot(), "%q", writes)
+	}
+	tc := &trackConn{Conn: discardConn{}}
+	tc.Write([]byte("abc\r\n.\r\nx"))
+	assert.False(t, tc.wroteFinalDot())
+	tc = &trackConn{Conn: discardConn{}}
+	tc.Write([]byte(".\r\n"))
+	assert.False(t, tc.wroteFinalDot(), "fewer than 5 bytes written in all")
+}
+
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
