@@ -28,7 +28,8 @@
 //
 // Flags: -n (messages per congestion scenario, 2000), -latency (per
 // command in scenarios 1 and 2, 10ms), -tcp-n (messages per round in
-// scenario 3, 5000; two rounds each, the best kept for both sides).
+// scenario 3, 5000), -rounds (rounds of each side in scenario 3, taken in
+// turn; the best of each side is kept, 5).
 //
 // Scenario 3 is CPU-bound on loopback: on a loaded machine its ratio is
 // the ratio of CPU spent per message by deliver and by go-smtp alone.

@@ -342,6 +342,7 @@ func main() {
 	n := flag.Int("n", 2000, "messages per congestion scenario")
 	latency := flag.Duration("latency", 10*time.Millisecond, "receiver latency per command in scenarios 1 and 2")
 	tcpN := flag.Int("tcp-n", 5000, "messages per round in scenario 3")
+	rounds := flag.Int("rounds", 5, "rounds of each side in scenario 3 (the best of each is kept)")
 	flag.Parse()
 	ctx := context.Background()
 	fail := func(err error) {
@@ -370,7 +371,7 @@ func main() {
 			sc.Name, r.MaxConcurrency, r.Requeued))
 	}
 	fmt.Fprintln(os.Stderr, "running 3: loopback TCP throughput...")
-	tr, err := runThroughput(ctx, *tcpN, 4, 2)
+	tr, err := runThroughput(ctx, *tcpN, 4, max(*rounds, 1))
 	if err != nil {
 		fail(err)
 	}
