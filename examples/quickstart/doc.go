@@ -10,7 +10,7 @@
 //     "421 4.4.5 Server busy" (Gmail's concurrency limit);
 //   - yahoo.test takes 5 connections and 100 messages a second per IP;
 //     beyond that it answers "421 4.7.0 [TSS04]" and keeps deferring the IP
-//     for 10 s;
+//     for 10 s; it also closes a connection after 50 messages;
 //   - example.test accepts everything.
 //
 // Ten goroutines call Send at once. The governor policy knows Yahoo's

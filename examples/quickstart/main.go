@@ -64,7 +64,6 @@ func newReceivers(latency time.Duration) ([]*receiver, error) {
 	yahoo := delivertest.Yahoo() // [TSS04] deferrals when too fast
 	yahoo.Limits.MessageRate = delivertest.Rate{Every: 10 * time.Millisecond, Burst: 20,
 		Reply: delivertest.YahooDeferralReply, Penalty: 10 * time.Second}
-	yahoo.Limits.MaxMessagesPerConnection = deliver.DefaultMaxMessagesPerConn
 	yahoo.Latency = delivertest.EveryCommand(latency)
 
 	open := delivertest.Config{Latency: delivertest.EveryCommand(latency)}
