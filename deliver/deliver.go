@@ -442,6 +442,7 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 	pairKey := keys[2]
 	pending := idx
 	last := make(map[int]*outcome, len(idx))
+	var lastAny *outcome
 	hostStart := 0
 	var notBefore time.Time
 	attempts := 0
@@ -453,6 +454,15 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 			oi := o
 			if oi == nil {
 				oi = last[i]
+			}
+			if oi == nil {
+				// Never tried itself (a 452 "too many recipients" left it
+				// for a next transaction that did not happen): it shares
+				// the fate of the transaction's other recipients.
+				oi = lastAny
+			}
+			if oi == nil {
+				oi = &outcome{err: errNotAttempted, class: smtpcode.ClassifyError(errNotAttempted)}
 			}
 			st.finish(i, oi, retryAt)
 		}
@@ -495,6 +505,7 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 				return
 			}
 			attempts++
+			lastAny = o
 			for _, i := range pending {
 				last[i] = o
 				st.res[i].Attempts++
@@ -544,6 +555,7 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 			}
 			o := r.out
 			last[i] = &o
+			lastAny = &o
 			if r.possiblyDelivered {
 				st.finish(i, &o, time.Time{})
 				st.res[i].PossiblyDelivered = true

@@ -10,6 +10,10 @@ import (
 // errWoken: a blocked acquire gave way because a pooled connection came back.
 var errWoken = errors.New("deliver: woken by a returned connection")
 
+// errNotAttempted is the error of a recipient that Send gave up on before
+// it was ever tried (transient: retry it).
+var errNotAttempted = errors.New("deliver: not attempted")
+
 // limiter is the governor as deliver uses it.
 type limiter struct {
 	g *governor.Governor
