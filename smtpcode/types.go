@@ -43,7 +43,7 @@ type Category uint8
 const (
 	Other          Category = iota // nothing more specific is known
 	Congestion                     // the receiver is overloaded or limits concurrent connections (421 4.4.5)
-	RateLimit                      // the sender exceeds a per-sender volume, connection or quota limit (4.7.28, TSS04)
+	RateLimit                      // the sender exceeds a per-sender volume, connection or quota limit (4.7.28, 4.5.3)
 	Greylist                       // a deliberate first-attempt deferral
 	MailboxFull                    // the recipient's mailbox is over quota
 	UnknownUser                    // the mailbox does not exist, is disabled or moved
