@@ -350,3 +350,23 @@ func TestSendCancelledWhileWaiting(t *testing.T) {
 		h.assertNoSlots()
 	})
 }
+
+// Recipients left for a next transaction by a 452 share the outcome of
+// the transaction when Send gives up before that next one.
+func TestSendUntriedRecipientsShareTheOutcome(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{
+			Limits: delivertest.Limits{MaxRecipients: 2},
+			Faults: []delivertest.Fault{{Step: delivertest.StepDot, Action: delivertest.ActionReply,
+				Reply: delivertest.Reply{Code: 421, Enhanced: "4.4.5", Text: "Too many connections"}, Times: 1}},
+		})
+		h := newHarness(t, srv, func(c *Config) { c.MaxWait = 10 * time.Second })
+		out, err := h.s.Send(t.Context(), msg("a@example.test", "b@example.test", "c@example.test", "d@example.test"))
+		require.NoError(t, err)
+		for _, r := range out {
+			assert.Equal(t, Deferred, r.Status, "%+v", r)
+			assert.Equal(t, 421, r.Reply.Code, "%+v", r)
+		}
+		h.close()
+	})
+}
