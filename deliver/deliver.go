@@ -311,6 +311,13 @@ type sendState struct {
 }
 
 func (st *sendState) results(msg *Message) []Result {
+	for i := range st.res {
+		if st.res[i].Status == 0 {
+			// Not reachable by design; if a path is ever missed, the
+			// recipient is still accounted for, and retried.
+			st.finish(i, &outcome{err: errNotAttempted, class: smtpcode.ClassifyError(errNotAttempted)}, time.Time{})
+		}
+	}
 	out := make([]Result, len(msg.To))
 	for i, j := range st.p.index {
 		out[i] = st.res[j]
