@@ -38,6 +38,10 @@ type compiledPolicy struct {
 	def      *climits
 	exact    map[string]*climits
 	patterns []cpattern
+
+	// replaced is closed when SetPolicy replaces this policy, so that calls
+	// waiting on a Store re-check at once with the new limits.
+	replaced chan struct{}
 }
 
 type cpattern struct {
@@ -49,7 +53,7 @@ func compilePolicy(p *Policy) (*compiledPolicy, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	cp := &compiledPolicy{p: p}
+	cp := &compiledPolicy{p: p, replaced: make(chan struct{})}
 	if p == nil {
 		cp.def = compileLimits(Limits{})
 		return cp, nil

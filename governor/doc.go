@@ -84,6 +84,9 @@
 //	Adaptive.RateFactor         0.5 for Adaptive.RateFor 10 minutes
 //	Adaptive.RatePause          30 s (Gmail: a retry after about 30 s succeeds)
 //	Config.IdleTimeout          10 minutes
+//	Store re-check              5 s: a call waiting on a Config.Store Reserves
+//	                            again at least this often, even with a Wake
+//	                            channel (a lost wake-up costs at most that)
 //
 // # State, time and memory
 //

@@ -71,13 +71,14 @@ func (g *Governor) Policy() *Policy { return g.policy.Load().p }
 
 // SetPolicy replaces the policy at once. Every key keeps its state (slots
 // held, tokens, quota counts, suspensions, adapted concurrency); the new
-// limits apply from the next decision on, and blocked calls re-check at once.
+// limits apply from the next decision on, and blocked calls re-check at once
+// (with a Config.Store too: they Reserve again with the new Limits).
 func (g *Governor) SetPolicy(p *Policy) error {
 	cp, err := compilePolicy(p)
 	if err != nil {
 		return err
 	}
-	g.policy.Store(cp)
+	close(g.policy.Swap(cp).replaced) // wakes the calls waiting on a Store
 	for i := range g.mem.shards {
 		s := &g.mem.shards[i]
 		s.mu.Lock()

@@ -58,8 +58,12 @@ import (
 //     Grant.Wake, if not nil, must receive or be closed when something
 //     changes that may let the request succeed before RetryAt (a slot
 //     released, a resume, a ticket ahead leaving the queue, an increase of
-//     concurrency); the Governor also retries at RetryAt, and every second
-//     if Wake is nil and RetryAt is zero.
+//     concurrency); the Governor also retries at RetryAt, every second if
+//     Wake is nil and RetryAt is zero, at once when SetPolicy replaces the
+//     policy (the retry carries the new Limits), and in any case at least
+//     every 5 seconds: a lost wake-up delays a waiter, it does not hang it.
+//     Wake is still what makes hand-overs prompt; the 5-second re-check is
+//     a safety net, not a substitute.
 //  5. Granted KindSlot requests hold one slot on each key under req.Ticket
 //     until Release. A store may lease slots (expire them if the holder dies)
 //     but must then renew them while held; that is the store's business.

@@ -11,6 +11,15 @@ import (
 // RetryAt retries against a Store.
 const storePoll = time.Second
 
+// storeRecheck bounds every other wait on a Store: a waiter given a Wake
+// channel, or a RetryAt further ahead, still Reserves again at least this
+// often, so that a wake-up the store lost (a dropped pub/sub message), or a
+// Resume that a store without Wake channels cannot announce, delays a caller
+// by at most this much instead of forever. One Reserve per waiter per
+// storeRecheck is cheap next to the wait; the in-memory path has no such
+// timer (its wake-ups cannot be lost).
+const storeRecheck = 5 * time.Second
+
 func storeErr(err error) error {
 	if err == nil {
 		return nil
@@ -117,18 +126,15 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 		}
 		wait := storePoll
 		if !d.RetryAt.IsZero() {
-			wait = max(d.RetryAt.Sub(now), 0)
+			wait = min(max(d.RetryAt.Sub(now), 0), storeRecheck)
 		} else if gr.Wake != nil {
-			wait = -1
+			wait = storeRecheck // a safety net: Wake should come first
 		}
-		var tc <-chan time.Time
-		if wait >= 0 {
-			resetTimer(&timer, wait)
-			tc = timer.C
-		}
+		resetTimer(&timer, wait)
 		select {
 		case <-gr.Wake:
-		case <-tc:
+		case <-timer.C:
+		case <-cp.replaced: // SetPolicy: Reserve again with the new Limits
 		case <-ctx.Done():
 			req.Now = g.now()
 			g.reportStoreError(g.store.Cancel(bg, req, Grant{}))
