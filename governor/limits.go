@@ -91,7 +91,10 @@ func PerDay(max int, loc *time.Location) Quota {
 // End, both offsets from local midnight in Location (nil: UTC). Start == End
 // means always open. End < Start wraps past midnight (22:00 to 06:00). Days,
 // when non-empty, lists the weekdays on which a window starts. Work already
-// started (a held slot) is not interrupted when the window closes.
+// started (a held slot) is not interrupted when the window closes. A window
+// that can never open (Start 24h with End 0) is always closed: Open reports
+// false and NextOpen the zero time, and the governor holds its keys (RetryAt
+// unknown) until a new policy opens them.
 type Window struct {
 	Start, End time.Duration
 	Days       []time.Weekday

@@ -2,14 +2,17 @@ package governor
 
 import "time"
 
-// Open reports whether the window is open at now.
+// Open reports whether the window is open at now (NextOpen(now) is now). A
+// window that never opens (Start 24h with End 0, or Days naming no valid
+// weekday) is closed, as the Governor treats it: its keys wait, with no
+// RetryAt, until a new policy opens them.
 func (w Window) Open(now time.Time) bool {
 	from, _ := w.interval(now)
-	return !from.After(now)
+	return !from.IsZero() && !from.After(now)
 }
 
 // NextOpen returns now if the window is open at now, else the time it opens
-// next. A window with Days and no matching day returns the zero time.
+// next. A window that never opens returns the zero time.
 func (w Window) NextOpen(now time.Time) time.Time {
 	from, _ := w.interval(now)
 	if from.After(now) {
