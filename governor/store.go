@@ -68,11 +68,12 @@ import (
 //     until Release. A store may lease slots (expire them if the holder dies)
 //     but must then renew them while held; that is the store's business.
 //  6. Cancel undoes a granted request that was not used (its context ended
-//     before Start): its slots are freed, its quota units given back, and
+//     before Start), given the Grant that Reserve returned, unchanged (its
+//     Token included): its slots are freed, its quota units given back, and
 //     its tokens returned to the buckets (GCRA: the theoretical arrival time
 //     moves back by one emission interval, not before Now). For a request that
-//     was refused and is waiting, Cancel removes its ticket from the queues.
-//     Cancel of an unknown ticket is a no-op.
+//     was refused and is waiting, Cancel (given the zero Grant) removes its
+//     ticket from the queues. Cancel of an unknown ticket is a no-op.
 //  7. Release frees the slots req.Ticket holds on req.Keys. Release of a
 //     ticket that holds nothing is a no-op (the Governor releases once, but a
 //     store must be idempotent).
@@ -130,4 +131,11 @@ type Grant struct {
 	Decision Decision
 	// Wake, when not OK and not nil, signals a change worth a retry (contract 4).
 	Wake <-chan struct{}
+	// Token is optional, opaque store data about a granted request, for the
+	// store's own Cancel: the Governor hands the Grant back to Cancel
+	// unchanged, Token included (contract 6). A store that stamps
+	// rolling-quota units by its own clock (Redis TIME) can put the exact
+	// stamp here, to remove that very unit on Cancel. "" is valid: stores
+	// that need nothing (MemoryStore) leave it empty.
+	Token string
 }

@@ -2,6 +2,7 @@ package governor
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/time/rate"
 )
 
 // blockedCall starts call in a goroutine and returns a channel that receives
@@ -161,6 +163,81 @@ func TestStoreLostWakeupRechecks(t *testing.T) {
 				default:
 					t.Fatal("a lost wake-up left the caller waiting past storeRecheck")
 				}
+			})
+		})
+	}
+}
+
+// tokenStore stamps every grant with a Token and records the Tokens its
+// Cancel is given.
+type tokenStore struct {
+	*MemoryStore
+	mu        sync.Mutex
+	granted   []string
+	cancelled []string
+}
+
+func (s *tokenStore) Reserve(ctx context.Context, req *Request) (Grant, error) {
+	g, err := s.MemoryStore.Reserve(ctx, req)
+	if g.OK {
+		g.Token = "tok:" + req.Ticket + "@" + g.Start.Format(time.RFC3339Nano)
+		s.mu.Lock()
+		s.granted = append(s.granted, g.Token)
+		s.mu.Unlock()
+	}
+	return g, err
+}
+
+func (s *tokenStore) Cancel(ctx context.Context, req *Request, g Grant) error {
+	s.mu.Lock()
+	s.cancelled = append(s.cancelled, g.Token)
+	s.mu.Unlock()
+	return s.MemoryStore.Cancel(ctx, req, g)
+}
+
+// A grant cancelled before its Start (tokens taken ahead) reaches the
+// store's Cancel with the Token the store put on it.
+func TestCancelHandsBackGrantToken(t *testing.T) {
+	tests := []struct {
+		name string
+		lim  Limits
+		call func(ctx context.Context, g *Governor) error
+	}{
+		{
+			name: "Take, rate token ahead",
+			lim:  Limits{Rate: rate.Every(time.Minute), Burst: 1, Quota: Quota{Max: 10, Window: time.Hour}},
+			call: func(ctx context.Context, g *Governor) error {
+				_, err := g.Take(ctx, "k")
+				return err
+			},
+		},
+		{
+			name: "Acquire, connection token ahead",
+			lim:  Limits{ConnectionRate: rate.Every(time.Minute), ConnectionBurst: 1},
+			call: func(ctx context.Context, g *Governor) error {
+				p, err := g.Acquire(ctx, "k")
+				p.Release()
+				return err
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				st := &tokenStore{MemoryStore: NewMemoryStore(0)}
+				g, err := New(Config{Policy: &Policy{Default: tt.lim}, Store: st})
+				require.NoError(t, err)
+				require.NoError(t, tt.call(t.Context(), g)) // the burst
+				ctx, cancel := context.WithCancel(t.Context())
+				done := blockedCall(t, func() error { return tt.call(ctx, g) }) // granted ahead, sleeping
+				cancel()
+				var werr *WaitError
+				require.ErrorAs(t, <-done, &werr)
+				st.mu.Lock()
+				defer st.mu.Unlock()
+				require.Len(t, st.granted, 2)
+				require.Equal(t, []string{st.granted[1]}, st.cancelled, "Cancel got the grant's Token")
+				assert.NotEmpty(t, st.cancelled[0])
 			})
 		})
 	}
