@@ -67,13 +67,11 @@ func (l limiter) acquire(ctx context.Context, keys []string, wake <-chan struct{
 	return p, p.Decision(), nil
 }
 
-// take takes one message token on keys.
+// take takes one message token on keys. It always uses the blocking Take,
+// even when a token is free: only Take applies a policy's Jitter (TryTake
+// never delays), and it costs no more when nothing has to wait.
 func (l limiter) take(ctx context.Context, keys []string) (governor.Decision, error) {
-	d, err := l.g.TryTake(keys...)
-	if err != nil || d.OK {
-		return d, err
-	}
-	d, err = l.g.Take(ctx, keys...)
+	d, err := l.g.Take(ctx, keys...)
 	if err != nil {
 		var we *governor.WaitError
 		if errors.As(err, &we) {
