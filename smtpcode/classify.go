@@ -3,7 +3,6 @@ package smtpcode
 import (
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -68,51 +67,41 @@ type Classifier struct {
 	rules  []compiledRule
 	byEnh  map[uint16][]int32 // subject*1000+detail → rules indexed by enhanced code
 	byCode [600][]int32       // basic code → rules with a Code and no Enhanced
-	byCls  [6][]int32         // class → rules with only a Class (and maybe text)
-	loose  []int32            // rules with no code condition at all
+	// byCls: class → rules with only a Class, and the rules with no code
+	// condition at all, in list order (merged once here, not per reply).
+	byCls [6][]int32
+	// needles holds every text condition once, for the one-pass search.
+	needles needleIndex
 }
 
 type compiledRule struct {
 	Rule
-	all, any []needle
+	all, any []int32 // needle ids in Classifier.needles
+	// allMask and anyMask are the same ids as words of the found bit set:
+	// once the text has been scanned, a rule's text conditions cost one or
+	// two word tests (a rule's needles get neighbouring ids) instead of a
+	// test per needle. masked is false when an id is past the bit set.
+	allMask, anyMask []needleWord
+	masked           bool
 }
 
-// needle is a text condition, lower-cased and with white space collapsed,
-// with its distinct bigrams for a quick "certainly absent" test.
-type needle struct {
-	b       []byte
-	bigrams []uint16
+// needleWord is a set of needle ids that share one word of the bit set.
+type needleWord struct {
+	word int32
+	bits uint64
 }
 
-func newNeedle(s string) needle {
-	n := needle{b: normalize(nil, s)}
-	type scored struct {
-		h     uint16
-		score int
-	}
-	var bs []scored
-	for i := 0; i+1 < len(n.b); i++ {
-		h := bigram(n.b[i], n.b[i+1])
-		if !slices.ContainsFunc(bs, func(x scored) bool { return x.h == h }) {
-			bs = append(bs, scored{h, letterRank(n.b[i]) + letterRank(n.b[i+1])})
+func needleWords(ids []int32) []needleWord {
+	var out []needleWord
+	for _, id := range ids {
+		w, bit := id>>6, uint64(1)<<(id&63)
+		if k := len(out) - 1; k >= 0 && out[k].word == w {
+			out[k].bits |= bit
+			continue
 		}
+		out = append(out, needleWord{w, bit})
 	}
-	// Test the rarest bigrams first: a miss rules the needle out soonest.
-	slices.SortStableFunc(bs, func(x, y scored) int { return x.score - y.score })
-	for _, b := range bs {
-		n.bigrams = append(n.bigrams, b.h)
-	}
-	return n
-}
-
-// letterRank is how common a byte is in English mail text: 0 for rare
-// (digits, punctuation, q, z...), up to 26 for the space and 'e'.
-func letterRank(c byte) int {
-	const byFrequency = "zqxjkvbpygfwmucldrhsnioate " // rarest first
-	if i := strings.IndexByte(byFrequency, c); i >= 0 {
-		return i
-	}
-	return 0
+	return out
 }
 
 // NewClassifier returns a classifier that tries rules, in order, before the
@@ -145,14 +134,17 @@ func DefaultRules() []Rule {
 func newClassifier(rules []Rule) *Classifier {
 	c := &Classifier{byEnh: map[uint16][]int32{}}
 	c.rules = make([]compiledRule, len(rules))
+	ids := map[string]int32{}
 	for i, r := range rules {
 		cr := compiledRule{Rule: r}
 		for _, s := range r.Contains {
-			cr.all = append(cr.all, newNeedle(s))
+			cr.all = append(cr.all, c.needles.id(normalize(nil, s), ids))
 		}
 		for _, s := range r.ContainsAny {
-			cr.any = append(cr.any, newNeedle(s))
+			cr.any = append(cr.any, c.needles.id(normalize(nil, s), ids))
 		}
+		cr.masked = !slices.ContainsFunc(cr.all, pastBitSet) && !slices.ContainsFunc(cr.any, pastBitSet)
+		cr.allMask, cr.anyMask = needleWords(cr.all), needleWords(cr.any)
 		c.rules[i] = cr
 		idx := int32(i)
 		switch {
@@ -176,11 +168,16 @@ func newClassifier(rules []Rule) *Classifier {
 			c.byCls[r.Class] = append(c.byCls[r.Class], idx)
 		case r.Class != 0:
 		default:
-			c.loose = append(c.loose, idx)
+			for cls := 2; cls <= 5; cls++ {
+				c.byCls[cls] = append(c.byCls[cls], idx)
+			}
 		}
 	}
+	c.needles.build()
 	return c
 }
+
+func pastBitSet(id int32) bool { return id >= maxIndexedNeedles }
 
 func enhKey(subject, detail int) uint16 { return uint16(subject*1000 + detail) }
 
@@ -268,7 +265,7 @@ func (c *Classifier) Classify(r Reply) Classification {
 // Only the rules indexed under the reply's enhanced code, basic code and
 // class, and the rules with no code condition, are looked at.
 func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
-	var lists [4][]int32
+	var lists [3][]int32
 	n := 0
 	if !r.Enhanced.IsZero() && r.Enhanced.Subject >= 0 && r.Enhanced.Subject < 8 &&
 		r.Enhanced.Detail >= 0 && r.Enhanced.Detail < 1000 {
@@ -287,30 +284,36 @@ func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
 		lists[n] = l
 		n++
 	}
-	if len(c.loose) > 0 {
-		lists[n] = c.loose
-		n++
-	}
-	// Merge the sorted lists so that rules run in their declared order.
-	for {
-		best := -1
-		for j := 0; j < n; j++ {
-			if len(lists[j]) > 0 && (best < 0 || lists[j][0] < lists[best][0]) {
+	// Merge the sorted lists so that rules run in their declared order;
+	// a list is dropped when it runs out, and the last one left is walked
+	// without comparisons.
+	for n > 1 {
+		best := 0
+		for j := 1; j < n; j++ {
+			if lists[j][0] < lists[best][0] {
 				best = j
 			}
 		}
-		if best < 0 {
-			return 0, false
-		}
 		i := lists[best][0]
-		lists[best] = lists[best][1:]
-		if c.rules[i].matches(r, class, ti) {
+		if c.rules[i].matches(r, class, ti, &c.needles) {
 			return i, true
 		}
+		if lists[best] = lists[best][1:]; len(lists[best]) == 0 {
+			n--
+			lists[best] = lists[n]
+		}
 	}
+	if n == 1 {
+		for _, i := range lists[0] {
+			if c.rules[i].matches(r, class, ti, &c.needles) {
+				return i, true
+			}
+		}
+	}
+	return 0, false
 }
 
-func (cr *compiledRule) matches(r Reply, class int, ti *textIndex) bool {
+func (cr *compiledRule) matches(r Reply, class int, ti *textIndex, ix *needleIndex) bool {
 	if cr.Code != 0 && cr.Code != r.Code {
 		return false
 	}
@@ -336,21 +339,32 @@ func (cr *compiledRule) matches(r Reply, class int, ti *textIndex) bool {
 	if len(cr.all) == 0 && len(cr.any) == 0 {
 		return true
 	}
-	for i := range cr.all {
-		if !ti.contains(&cr.all[i]) {
+	if ti.scanned && cr.masked {
+		for _, w := range cr.allMask {
+			if ti.found[w.word]&w.bits != w.bits {
+				return false
+			}
+		}
+		if len(cr.anyMask) == 0 {
+			return true
+		}
+		for _, w := range cr.anyMask {
+			if ti.found[w.word]&w.bits != 0 {
+				return true
+			}
+		}
+		return false
+	}
+	for _, id := range cr.all {
+		if !ti.contains(ix, id) {
 			return false
 		}
 	}
 	if len(cr.any) == 0 {
 		return true
 	}
-	for i := range cr.any {
-		n := &cr.any[i]
-		// Inline the cheapest rejection: the needle's rarest bigram.
-		if ti.built && len(n.bigrams) > 0 && ti.set[n.bigrams[0]>>6]&(1<<(n.bigrams[0]&63)) == 0 {
-			continue
-		}
-		if ti.contains(n) {
+	for _, id := range cr.any {
+		if ti.contains(ix, id) {
 			return true
 		}
 	}

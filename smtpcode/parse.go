@@ -2,6 +2,7 @@ package smtpcode
 
 import (
 	"fmt"
+	"math/bits"
 	"strings"
 )
 
@@ -142,10 +143,7 @@ func splitLine(segs []segment, line string, lastCode int) ([]segment, int) {
 	}
 	// Scan for codes of flattened lines inside the text.
 	start := 0
-	for i := 0; i+4 <= len(rest); i++ {
-		if rest[i] != ' ' {
-			continue
-		}
+	for i := nextCodeStart(rest, 0); i >= 0; i = nextCodeStart(rest, i+1) {
 		c, n, ok := midCode(rest, i+1, lastCode)
 		if !ok {
 			continue
@@ -160,6 +158,28 @@ func splitLine(segs []segment, line string, lastCode int) ([]segment, int) {
 	cur.text = rest[start:]
 	segs = appendSegment(segs, cur)
 	return segs, lastCode
+}
+
+// nextCodeStart returns the first i >= from with a space at s[i] and a
+// digit 2 to 5 at s[i+1], where a flattened line's code may start, or -1.
+// It tests eight positions at a time: this is the only pass of Parse over
+// the whole text, and most text has a space every few bytes.
+func nextCodeStart(s string, from int) int {
+	i := from
+	for ; i+9 <= len(s); i += 8 {
+		if m := spaceBytes(load64(s, i)) & codeDigitBytes(load64(s, i+1)); m != 0 {
+			if j := i + bits.TrailingZeros64(m)/8; j+4 <= len(s) {
+				return j
+			}
+			return -1 // too near the end to hold a code
+		}
+	}
+	for ; i+4 <= len(s); i++ {
+		if s[i] == ' ' && s[i+1] >= '2' && s[i+1] <= '5' {
+			return i
+		}
+	}
+	return -1
 }
 
 // appendSegment cleans a segment's text (spaces, a repeated basic code, the

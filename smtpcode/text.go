@@ -2,29 +2,30 @@ package smtpcode
 
 import (
 	"bytes"
+	"encoding/binary"
 	"time"
 )
 
 // textIndex is a reply's text as rules see it: lower-cased, white space
 // collapsed (built on first use), and, once several needles have been
-// searched in a long text, the set of its bigrams: most needles are then
-// ruled out by a few bit tests instead of a substring search. The first
-// searches go straight to bytes.Contains, so a reply that a provider rule
-// claims at once never pays for the set, and a rule without text
-// conditions never pays for the normalization.
+// looked for, the set of every classifier needle it contains, found in one
+// pass (see needleIndex). The first searches go straight to bytes.Contains,
+// so a reply that a provider rule claims at once never pays for the pass,
+// and a rule without text conditions never pays for the normalization.
 //
 // The normalized text lives in buf (or long, past len(buf)) and is sliced
 // on each use rather than stored as a slice of buf, so that a textIndex on
 // the stack stays there.
 type textIndex struct {
-	raw      string
-	n        int  // length of the normalized text in buf
-	norm     bool // the text has been normalized
-	long     []byte
-	searches int
-	built    bool
-	set      [64]uint64 // 4096 bits
-	buf      [512]byte
+	raw       string
+	n         int  // length of the normalized text in buf
+	norm      bool // the text has been normalized
+	digitWord bool // a word of the normalized text starts with a digit
+	long      []byte
+	searches  int
+	scanned   bool
+	found     [maxIndexedNeedles / 64]uint64 // by needle id, once scanned
+	buf       [512]byte
 }
 
 // text returns the normalized text.
@@ -40,57 +41,52 @@ func (ti *textIndex) text() []byte {
 
 func (ti *textIndex) normalize() {
 	if len(ti.raw) > len(ti.buf) {
-		ti.long = normalize(nil, ti.raw)
+		ti.long, ti.digitWord = normalizeText(nil, ti.raw)
 	} else {
-		ti.n = len(normalize(ti.buf[:0], ti.raw))
+		var t []byte
+		t, ti.digitWord = normalizeText(ti.buf[:0], ti.raw)
+		ti.n = len(t)
 	}
 	ti.norm = true
 }
 
-const (
-	// shortText is the length below which a plain search always wins.
-	shortText = 48
-	// directSearches are done before the bigram set is built.
-	directSearches = 4
-)
+// directSearches are done before the one pass that finds every needle.
+const directSearches = 4
 
-func bigram(a, b byte) uint16 { return (uint16(a)<<6 ^ uint16(b)) & 4095 }
-
-func (ti *textIndex) contains(n *needle) bool {
-	t := ti.text()
-	if len(n.b) > len(t) {
-		return false
-	}
-	if len(t) >= shortText {
-		if !ti.built {
-			ti.searches++
-			if ti.searches > directSearches {
-				for i := 0; i+1 < len(t); i++ {
-					h := bigram(t[i], t[i+1])
-					ti.set[h>>6] |= 1 << (h & 63)
-				}
-				ti.built = true
-			}
+// contains reports whether needle id of ix occurs in the text.
+func (ti *textIndex) contains(ix *needleIndex, id int32) bool {
+	if id < maxIndexedNeedles {
+		if !ti.scanned && ti.searches >= directSearches {
+			ix.scan(ti.text(), &ti.found)
+			ti.scanned = true
 		}
-		if ti.built {
-			for _, h := range n.bigrams {
-				if ti.set[h>>6]&(1<<(h&63)) == 0 {
-					return false
-				}
-			}
+		if ti.scanned {
+			return ti.found[id>>6]&(1<<(id&63)) != 0
 		}
+		ti.searches++
 	}
-	return bytes.Contains(t, n.b)
+	return bytes.Contains(ti.text(), ix.needles[id])
 }
 
 // normalize appends s to dst lower-cased (ASCII) with every run of white
 // space turned into one space and leading/trailing space dropped.
 func normalize(dst []byte, s string) []byte {
+	out, _ := normalizeText(dst, s)
+	return out
+}
+
+// normalizeText is normalize that also reports whether a word of the
+// result starts with a digit, as every delay retryHint reads does: the
+// hint scan is skipped without another pass when none does.
+func normalizeText(dst []byte, s string) (out []byte, digitWord bool) {
 	if cap(dst)-len(dst) < len(s) {
 		dst = append(make([]byte, 0, len(dst)+len(s)), dst...)
 	}
 	n := len(dst)
-	out := dst[:n+len(s)]
+	out = dst[:n+len(s)]
+	if digitWord, ok := lowerSimple(out[n:], s); ok {
+		return out, digitWord
+	}
 	space := false
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -102,11 +98,50 @@ func normalize(dst []byte, s string) []byte {
 			out[n] = ' '
 			n++
 			space = false
+			digitWord = digitWord || isDigit(c)
 		}
 		out[n] = lowerTable[c]
 		n++
 	}
-	return out[:n]
+	return out[:n], digitWord
+}
+
+// lowerSimple writes s lower-cased into dst (len(dst) == len(s)) when
+// that is all normalizing s takes, as for most one-line replies: no white
+// space but single spaces between words. It works eight bytes at a time
+// and also reports whether a word of s starts with a digit. ok is false,
+// and dst garbage, when s needs the byte-by-byte normalization.
+func lowerSimple(dst []byte, s string) (digitWord, ok bool) {
+	if s == "" {
+		return false, true
+	}
+	if isSpace(s[0]) || isSpace(s[len(s)-1]) {
+		return false, false
+	}
+	var digits, odd uint64
+	i := 0
+	for ; i+9 <= len(s); i += 8 {
+		w, next := load64(s, i), load64(s, i+1)
+		spaces := spaceBytes(w)
+		digits |= spaces & digitBytes(next)
+		odd |= controlBytes(w)&^spaces | spaces&spaceBytes(next)
+		binary.LittleEndian.PutUint64(dst[i:], lowerWord(w))
+	}
+	if odd != 0 {
+		return false, false
+	}
+	digitWord = digits != 0
+	for ; i < len(s); i++ {
+		c := s[i]
+		if c < ' ' || c == ' ' && i+1 < len(s) && s[i+1] == ' ' {
+			return false, false
+		}
+		dst[i] = lowerTable[c]
+		if i > 0 && s[i-1] == ' ' && isDigit(c) {
+			digitWord = true
+		}
+	}
+	return digitWord, true
 }
 
 // lowerTable maps ASCII upper case to lower case and every other byte to
@@ -141,7 +176,7 @@ const maxHint = 24 * time.Hour
 
 // retryHint returns the first delay the reply's text asks for, or 0.
 func (ti *textIndex) retryHint() time.Duration {
-	if !hasNumberWord(ti.raw) {
+	if ti.norm && !ti.digitWord || !ti.norm && !hasNumberWord(ti.raw) {
 		return 0
 	}
 	return retryHint(ti.text())

@@ -1,0 +1,158 @@
+package smtpcode
+
+import (
+	"bytes"
+	"strings"
+)
+
+// needleIndex finds, in one pass over a normalized text, every text
+// condition (needle) of a classifier that occurs in it. A reply that no
+// provider rule claims meets the generic MTA rules and their ~250 needles;
+// searching for each in turn costs microseconds, one pass costs about as
+// much as reading the text twice.
+//
+// Each needle is anchored on one of its bigrams, the one least likely to
+// appear in mail text. The pass looks up every bigram of the text in a
+// table of anchors (an array, no hashing) and only compares a needle with
+// the text where its anchor occurs.
+type needleIndex struct {
+	needles [][]byte // by id, normalized
+	// anchors has a bit per bigram key that anchors a needle: 512 bytes
+	// that stay in cache, so most text positions cost one bit test.
+	anchors [1 << 12 / 64]uint64
+	// starts[k]..starts[k+1] is the run of entries anchored on bigram key k.
+	starts  []int32
+	entries []anchoredNeedle
+	// short lists needles under two bytes, which have no bigram.
+	short []int32
+}
+
+type anchoredNeedle struct {
+	id     int32
+	offset int32 // where the anchor bigram starts inside the needle
+}
+
+// maxIndexedNeedles bounds the needles whose presence the pass records (the
+// bit set lives on the stack). Needles past it, only in classifiers with
+// very many user rules, are searched for directly.
+const maxIndexedNeedles = 1024
+
+// byteClass folds a byte into 6 bits for the anchor table: letters, digits,
+// space and the punctuation rules use each get a class of their own; every
+// other byte shares class 0. A shared class only costs a comparison that
+// fails: the needle is always compared byte by byte.
+var byteClass = func() (t [256]uint8) {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 #()-.,'[]:;/_@!?<>=+&*%\"$"
+	for i := 0; i < len(alphabet); i++ {
+		t[alphabet[i]] = uint8(i + 1)
+	}
+	return t
+}()
+
+func bigramKey(a, b byte) int { return int(byteClass[a])<<6 | int(byteClass[b]) }
+
+// bigramRarity estimates how often a bigram appears in reply text (lower is
+// rarer) from how common its letters are in English.
+func bigramRarity(a, b byte) int { return byteRank(a) + byteRank(b) }
+
+// byteRank: 0 for rare bytes (punctuation such as '[' or '#'), up to 27
+// for 'e' and the space. Digits rank in between: replies carry queue ids
+// and addresses full of them.
+func byteRank(c byte) int {
+	const byFrequency = "zqxjkvbpygfwmucldrhsnioate " // rarest first
+	if i := strings.IndexByte(byFrequency, c); i >= 0 {
+		return i + 1
+	}
+	if isDigit(c) {
+		return 10
+	}
+	return 0
+}
+
+// id returns the id of needle s (normalized), adding it when new.
+func (ix *needleIndex) id(s []byte, ids map[string]int32) int32 {
+	if id, ok := ids[string(s)]; ok {
+		return id
+	}
+	id := int32(len(ix.needles))
+	ids[string(s)] = id
+	ix.needles = append(ix.needles, s)
+	return id
+}
+
+// build fills the anchor table once every needle has an id.
+func (ix *needleIndex) build() {
+	const keys = 1 << 12
+	load := make([]int, keys) // needles already anchored per key
+	anchorOf := make([]int, len(ix.needles))
+	offsetOf := make([]int, len(ix.needles))
+	for id, n := range ix.needles {
+		anchorOf[id] = -1
+		if id >= maxIndexedNeedles {
+			continue
+		}
+		if len(n) < 2 {
+			ix.short = append(ix.short, int32(id))
+			continue
+		}
+		best, bestScore := 0, 0
+		for i := 0; i+1 < len(n); i++ {
+			k := bigramKey(n[i], n[i+1])
+			// Spread needles over anchors too: one anchor shared by many
+			// needles (say "00" in "rl000001") costs a comparison each.
+			score := bigramRarity(n[i], n[i+1]) + 4*load[k]
+			if i == 0 || score < bestScore {
+				best, bestScore = i, score
+			}
+		}
+		k := bigramKey(n[best], n[best+1])
+		load[k]++
+		ix.anchors[k>>6] |= 1 << (k & 63)
+		anchorOf[id], offsetOf[id] = k, best
+	}
+	ix.starts = make([]int32, keys+1)
+	for k := 0; k < keys; k++ {
+		ix.starts[k+1] = ix.starts[k] + int32(load[k])
+	}
+	ix.entries = make([]anchoredNeedle, ix.starts[keys])
+	next := append([]int32(nil), ix.starts[:keys]...)
+	for id, k := range anchorOf {
+		if k < 0 {
+			continue
+		}
+		ix.entries[next[k]] = anchoredNeedle{id: int32(id), offset: int32(offsetOf[id])}
+		next[k]++
+	}
+}
+
+// scan sets in found the bit of every indexed needle that occurs in t.
+func (ix *needleIndex) scan(t []byte, found *[maxIndexedNeedles / 64]uint64) {
+	for _, id := range ix.short {
+		if len(ix.needles[id]) == 0 || bytes.IndexByte(t, ix.needles[id][0]) >= 0 {
+			found[id>>6] |= 1 << (id & 63)
+		}
+	}
+	if len(t) < 2 {
+		return
+	}
+	prev := uint(byteClass[t[0]])
+	for i := 1; i < len(t); i++ {
+		cur := uint(byteClass[t[i]])
+		k := (prev<<6 | cur) & (1<<12 - 1)
+		prev = cur
+		if ix.anchors[k>>6]&(1<<(k&63)) != 0 {
+			ix.verify(t, i-1, k, found)
+		}
+	}
+}
+
+// verify compares with t the needles anchored on key k at t[i:].
+func (ix *needleIndex) verify(t []byte, i int, k uint, found *[maxIndexedNeedles / 64]uint64) {
+	for _, a := range ix.entries[ix.starts[k]:ix.starts[k+1]] {
+		p := i - int(a.offset)
+		n := ix.needles[a.id]
+		if p >= 0 && p+len(n) <= len(t) && bytes.Equal(t[p:p+len(n)], n) {
+			found[a.id>>6] |= 1 << (a.id & 63)
+		}
+	}
+}
