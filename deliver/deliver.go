@@ -749,18 +749,9 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			t.Stop()
 			continue
 		}
-		if ok, graceEnd := s.learn.reserve(k); !ok {
+		if full, graceEnd := s.learn.full(k); full {
 			// A learned limit: wait for a connection to come back or close.
-			var graceC <-chan time.Time
-			if !graceEnd.IsZero() {
-				t := time.NewTimer(time.Until(graceEnd))
-				defer t.Stop()
-				graceC = t.C
-			}
-			select {
-			case <-sig:
-			case <-graceC:
-			case <-waitCtx.Done():
+			if !waitLearned(sig, graceEnd, waitCtx.Done()) {
 				return nil, s.errOutcome(ctx, waitCtx.Err()), time.Time{}
 			}
 			continue
@@ -771,18 +762,24 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			s.cfg.Hooks.Wait(WaitInfo{Site: rt.site, Keys: keys, Decision: dec, Err: err})
 		}
 		if err != nil {
-			s.learn.dialed(k, false, false)
 			if errors.Is(err, errWoken) {
-				// Every waiter of k was woken by the same signal: no need
-				// to wake them again for the dial slot given back.
 				continue
 			}
-			s.pool.wake(k)
 			o := &outcome{err: err, class: smtpcode.ClassifyError(err)}
 			if ctx.Err() != nil {
 				o = s.errOutcome(ctx, ctx.Err())
 			}
 			return nil, o, dec.RetryAt
+		}
+		// The learned limit is reserved only now, with the slot held: while
+		// this call waited in the governor, the receiver may have refused a
+		// connection and taught a limit that is already reached.
+		if ok, graceEnd := s.learn.reserve(k); !ok {
+			p.Release()
+			if !waitLearned(sig, graceEnd, waitCtx.Done()) {
+				return nil, s.errOutcome(ctx, waitCtx.Err()), time.Time{}
+			}
+			continue
 		}
 		if dec.Waited > 0 && s.cfg.Logger != nil {
 			s.log(ctx, "waited", "site", rt.site, "decision", dec.String())
@@ -815,6 +812,25 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		s.pool.wake(k) // a dial slot is free again
 		return nil, last, time.Time{}
 	}
+}
+
+// waitLearned waits, under a learned limit, for sig (a connection came
+// back or closed) or graceEnd (a closing connection stops counting; zero:
+// never); false when done closes first.
+func waitLearned(sig <-chan struct{}, graceEnd time.Time, done <-chan struct{}) bool {
+	var graceC <-chan time.Time
+	if !graceEnd.IsZero() {
+		t := time.NewTimer(time.Until(graceEnd))
+		defer t.Stop() // once per wait, not once per getSession loop
+		graceC = t.C
+	}
+	select {
+	case <-sig:
+	case <-graceC:
+	case <-done:
+		return false
+	}
+	return true
 }
 
 // siteThrottled reports whether o is a throttle of the sending IP by the

@@ -74,7 +74,21 @@ func (l *learner) forget(k poolKey, e *learned) {
 
 // reserve registers a dial for k, unless a learned limit forbids it; then
 // it returns when a grace period ends (zero: when a connection closes).
+// deliver reserves only once it holds the governor's slot: a reservation
+// taken before a wait in the governor would let the dial go ahead after a
+// limit learned during that wait.
 func (l *learner) reserve(k poolKey) (bool, time.Time) {
+	return l.check(k, true)
+}
+
+// full reports whether a learned limit forbids a dial for k now, as
+// reserve, without reserving: a cheap test before waiting for a slot.
+func (l *learner) full(k poolKey) (bool, time.Time) {
+	ok, next := l.check(k, false)
+	return !ok, next
+}
+
+func (l *learner) check(k poolKey, reserve bool) (bool, time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.get(k)
@@ -83,6 +97,10 @@ func (l *learner) reserve(k poolKey) (bool, time.Time) {
 	if e.limit > 0 && now.Before(e.until) && e.live+e.dialing+closing >= e.limit {
 		l.forget(k, e)
 		return false, next
+	}
+	if !reserve {
+		l.forget(k, e)
+		return true, time.Time{}
 	}
 	e.dialing++
 	return true, time.Time{}

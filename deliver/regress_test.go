@@ -3,6 +3,7 @@ package deliver
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -61,4 +62,54 @@ func TestSendAppliesPolicyJitter(t *testing.T) {
 		assert.Less(t, firstHalf, 20, "sends in the second half of the interval")
 		h.close()
 	})
+}
+
+// A receiver capped at 2 connections is never seen above 2 after its first
+// 421 4.4.5, also when more goroutines than the governor allows wait for a
+// slot when it arrives: those waiting in the governor must not dial once
+// they get one (the learned limit is checked after the slot is acquired).
+// The issue is a scheduling race, so the scenario runs several times.
+func TestSendLearnedLimitHoldsForGovernorWaiters(t *testing.T) {
+	for run := range 8 {
+		t.Run(fmt.Sprint(run), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				cfg := delivertest.Gmail()
+				cfg.StartTLS = false
+				cfg.Limits.MessageRate = delivertest.Rate{}
+				cfg.Latency = delivertest.EveryCommand(100 * time.Millisecond)
+				srv := newPipeServer(t, cfg)
+				gov, err := governor.New(governor.Config{Policy: &governor.Policy{Patterns: []governor.Pattern{
+					{Match: "ip:*|site:*", Limits: governor.Limits{MaxConcurrency: 10}},
+				}}})
+				require.NoError(t, err)
+				h := newHarness(t, srv, func(c *Config) {
+					c.Governor = gov
+					c.SiteKey = func(string, []string) string { return SiteGoogle }
+				})
+				h.gov = gov
+				const n, workers = 200, 20
+				var wg sync.WaitGroup
+				var delivered atomic.Int64
+				for g := range workers {
+					wg.Go(func() {
+						for i := g; i < n; i += workers {
+							res, err := h.s.Send(t.Context(), msg(fmt.Sprintf("user%d@gmail.test", i)))
+							if assert.NoError(t, err) && res[0].Status == Delivered {
+								delivered.Add(1)
+							}
+						}
+					})
+				}
+				wg.Wait()
+				h.close()
+				synctest.Wait() // let the receiver record the QUITs
+				assert.Equal(t, int64(n), delivered.Load())
+				first, ok := srv.FirstReply(delivertest.CauseConcurrency)
+				require.True(t, ok, "the receiver refused a connection")
+				assert.Equal(t, "4.4.5", first.Enhanced)
+				assert.LessOrEqual(t, srv.MaxConcurrencyAfter(delivertest.DefaultIdentity, first), 2,
+					"connections held at once after the first 421 4.4.5")
+			})
+		})
+	}
 }
