@@ -177,6 +177,17 @@ func newClassifier(rules []Rule) *Classifier {
 	return c
 }
 
+// hasAny reports whether the scanned text holds a needle of ws, or ws is
+// empty (no ContainsAny condition).
+func (ti *textIndex) hasAny(ws []needleWord) bool {
+	for _, w := range ws {
+		if ti.found[w.word]&w.bits != 0 {
+			return true
+		}
+	}
+	return len(ws) == 0
+}
+
 func pastBitSet(id int32) bool { return id >= maxIndexedNeedles }
 
 func enhKey(subject, detail int) uint16 { return uint16(subject*1000 + detail) }
@@ -305,7 +316,13 @@ func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
 	}
 	if n == 1 {
 		for _, i := range lists[0] {
-			if c.rules[i].matches(r, class, ti, &c.needles) {
+			cr := &c.rules[i]
+			// Once the text has been scanned, most rules fail on it: test
+			// that first, without a call.
+			if ti.scanned && cr.masked && !ti.hasAny(cr.anyMask) {
+				continue
+			}
+			if cr.matches(r, class, ti, &c.needles) {
 				return i, true
 			}
 		}
@@ -345,15 +362,7 @@ func (cr *compiledRule) matches(r Reply, class int, ti *textIndex, ix *needleInd
 				return false
 			}
 		}
-		if len(cr.anyMask) == 0 {
-			return true
-		}
-		for _, w := range cr.anyMask {
-			if ti.found[w.word]&w.bits != 0 {
-				return true
-			}
-		}
-		return false
+		return ti.hasAny(cr.anyMask)
 	}
 	for _, id := range cr.all {
 		if !ti.contains(ix, id) {

@@ -11,25 +11,29 @@ import (
 // searching for each in turn costs microseconds, one pass costs about as
 // much as reading the text twice.
 //
-// Each needle is anchored on one of its bigrams, the one least likely to
-// appear in mail text. The pass looks up every bigram of the text in a
-// table of anchors (an array, no hashing) and only compares a needle with
-// the text where its anchor occurs.
+// Each needle is anchored on one of its trigrams, the one least likely to
+// appear in mail text. The pass hashes every trigram of the text, tests
+// the hash in a bit set of anchors, and only compares a needle with the
+// text where its anchor's hash occurs: a few positions per reply.
 type needleIndex struct {
 	needles [][]byte // by id, normalized
-	// anchors has a bit per bigram key that anchors a needle: 512 bytes
-	// that stay in cache, so most text positions cost one bit test.
-	anchors [1 << 12 / 64]uint64
-	// starts[k]..starts[k+1] is the run of entries anchored on bigram key k.
-	starts  []int32
+	// anchors has a bit per trigram hash that anchors a needle: 2 KiB that
+	// stay in cache, so most text positions cost one bit test.
+	anchors [anchorKeys / 64]uint64
+	// starts[k]..starts[k+1] is the run of entries anchored on hash k
+	// (uint16 is enough: at most maxIndexedNeedles entries).
+	starts  []uint16
 	entries []anchoredNeedle
-	// short lists needles under two bytes, which have no bigram.
+	// short lists needles under three bytes, which have no trigram; they
+	// are searched for directly.
 	short []int32
 }
 
+const anchorKeys = 1 << 14
+
 type anchoredNeedle struct {
 	id     int32
-	offset int32 // where the anchor bigram starts inside the needle
+	offset int32 // where the anchor trigram starts inside the needle
 }
 
 // maxIndexedNeedles bounds the needles whose presence the pass records (the
@@ -37,7 +41,7 @@ type anchoredNeedle struct {
 // very many user rules, are searched for directly.
 const maxIndexedNeedles = 1024
 
-// byteClass folds a byte into 6 bits for the anchor table: letters, digits,
+// byteClass folds a byte into 6 bits for the anchor hash: letters, digits,
 // space and the punctuation rules use each get a class of their own; every
 // other byte shares class 0. A shared class only costs a comparison that
 // fails: the needle is always compared byte by byte.
@@ -49,11 +53,15 @@ var byteClass = func() (t [256]uint8) {
 	return t
 }()
 
-func bigramKey(a, b byte) int { return int(byteClass[a])<<6 | int(byteClass[b]) }
+// trigramKey hashes the classes of three bytes, rolled into 18 bits, down
+// to an anchor key.
+func trigramKey(rolled uint32) uint {
+	return uint((rolled&(1<<18-1))*0x9E3779B1>>(32-14)) & (anchorKeys - 1)
+}
 
-// bigramRarity estimates how often a bigram appears in reply text (lower is
-// rarer) from how common its letters are in English.
-func bigramRarity(a, b byte) int { return byteRank(a) + byteRank(b) }
+func trigramOf(a, b, c byte) uint32 {
+	return uint32(byteClass[a])<<12 | uint32(byteClass[b])<<6 | uint32(byteClass[c])
+}
 
 // byteRank: 0 for rare bytes (punctuation such as '[' or '#'), up to 27
 // for 'e' and the space. Digits rank in between: replies carry queue ids
@@ -82,8 +90,7 @@ func (ix *needleIndex) id(s []byte, ids map[string]int32) int32 {
 
 // build fills the anchor table once every needle has an id.
 func (ix *needleIndex) build() {
-	const keys = 1 << 12
-	load := make([]int, keys) // needles already anchored per key
+	load := make([]int, anchorKeys) // needles already anchored per key
 	anchorOf := make([]int, len(ix.needles))
 	offsetOf := make([]int, len(ix.needles))
 	for id, n := range ix.needles {
@@ -91,31 +98,31 @@ func (ix *needleIndex) build() {
 		if id >= maxIndexedNeedles {
 			continue
 		}
-		if len(n) < 2 {
+		if len(n) < 3 {
 			ix.short = append(ix.short, int32(id))
 			continue
 		}
 		best, bestScore := 0, 0
-		for i := 0; i+1 < len(n); i++ {
-			k := bigramKey(n[i], n[i+1])
+		for i := 0; i+2 < len(n); i++ {
+			k := trigramKey(trigramOf(n[i], n[i+1], n[i+2]))
 			// Spread needles over anchors too: one anchor shared by many
-			// needles (say "00" in "rl000001") costs a comparison each.
-			score := bigramRarity(n[i], n[i+1]) + 4*load[k]
+			// needles (say "000" in "rl000001") costs a comparison each.
+			score := byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + 4*load[k]
 			if i == 0 || score < bestScore {
 				best, bestScore = i, score
 			}
 		}
-		k := bigramKey(n[best], n[best+1])
+		k := trigramKey(trigramOf(n[best], n[best+1], n[best+2]))
 		load[k]++
 		ix.anchors[k>>6] |= 1 << (k & 63)
-		anchorOf[id], offsetOf[id] = k, best
+		anchorOf[id], offsetOf[id] = int(k), best
 	}
-	ix.starts = make([]int32, keys+1)
-	for k := 0; k < keys; k++ {
-		ix.starts[k+1] = ix.starts[k] + int32(load[k])
+	ix.starts = make([]uint16, anchorKeys+1)
+	for k := 0; k < anchorKeys; k++ {
+		ix.starts[k+1] = ix.starts[k] + uint16(load[k])
 	}
-	ix.entries = make([]anchoredNeedle, ix.starts[keys])
-	next := append([]int32(nil), ix.starts[:keys]...)
+	ix.entries = make([]anchoredNeedle, ix.starts[anchorKeys])
+	next := append([]uint16(nil), ix.starts[:anchorKeys]...)
 	for id, k := range anchorOf {
 		if k < 0 {
 			continue
@@ -128,20 +135,18 @@ func (ix *needleIndex) build() {
 // scan sets in found the bit of every indexed needle that occurs in t.
 func (ix *needleIndex) scan(t []byte, found *[maxIndexedNeedles / 64]uint64) {
 	for _, id := range ix.short {
-		if len(ix.needles[id]) == 0 || bytes.IndexByte(t, ix.needles[id][0]) >= 0 {
+		if bytes.Contains(t, ix.needles[id]) {
 			found[id>>6] |= 1 << (id & 63)
 		}
 	}
-	if len(t) < 2 {
+	if len(t) < 3 {
 		return
 	}
-	prev := uint(byteClass[t[0]])
-	for i := 1; i < len(t); i++ {
-		cur := uint(byteClass[t[i]])
-		k := (prev<<6 | cur) & (1<<12 - 1)
-		prev = cur
-		if ix.anchors[k>>6]&(1<<(k&63)) != 0 {
-			ix.verify(t, i-1, k, found)
+	rolled := uint32(byteClass[t[0]])<<6 | uint32(byteClass[t[1]])
+	for i := 2; i < len(t); i++ {
+		rolled = rolled<<6 | uint32(byteClass[t[i]])
+		if k := trigramKey(rolled); ix.anchors[k>>6]&(1<<(k&63)) != 0 {
+			ix.verify(t, i-2, k, found)
 		}
 	}
 }
