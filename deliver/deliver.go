@@ -668,8 +668,26 @@ func (l *lazyCtx) Deadline() (time.Time, bool) {
 }
 
 func (l *lazyCtx) Done() <-chan struct{} { return l.init().Done() }
-func (l *lazyCtx) Err() error            { return l.init().Err() }
 func (l *lazyCtx) Value(key any) any     { return l.init().Value(key) }
+
+// Err needs no context either until one is built: the governor's blocking
+// Take checks it on every message token.
+func (l *lazyCtx) Err() error {
+	l.mu.Lock()
+	ctx, stopped := l.ctx, l.stopped
+	l.mu.Unlock()
+	switch {
+	case ctx != nil:
+		return ctx.Err()
+	case l.parent.Err() != nil:
+		return l.parent.Err()
+	case stopped:
+		return context.Canceled
+	case !l.deadline.IsZero() && !time.Now().Before(l.deadline):
+		return context.DeadlineExceeded
+	}
+	return nil
+}
 
 // tooLate reports whether waiting until notBefore for a new connection
 // would outlast MaxWait or ctx, with no open connection that could come

@@ -1,6 +1,7 @@
 package deliver
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,44 @@ func TestSendLearnedLimitHoldsForGovernorWaiters(t *testing.T) {
 				assert.Equal(t, "4.4.5", first.Enhanced)
 				assert.LessOrEqual(t, srv.MaxConcurrencyAfter(delivertest.DefaultIdentity, first), 2,
 					"connections held at once after the first 421 4.4.5")
+			})
+		})
+	}
+}
+
+// The MaxWait context answers Err without building a context (the blocking
+// Take asks on every message), as the built context would.
+func TestWaitContextErr(t *testing.T) {
+	for _, built := range []bool{false, true} {
+		t.Run(fmt.Sprint("built=", built), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &Sender{maxWait: time.Minute}
+				parent, cancelParent := context.WithCancel(t.Context())
+				defer cancelParent()
+				build := func(ctx context.Context) {
+					if built {
+						ctx.Done()
+					}
+				}
+
+				ctx, stop := s.waitContext(parent)
+				build(ctx)
+				assert.NoError(t, ctx.Err())
+				time.Sleep(time.Minute)
+				synctest.Wait()
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+				stop()
+
+				ctx, stop = s.waitContext(parent)
+				build(ctx)
+				stop()
+				assert.ErrorIs(t, ctx.Err(), context.Canceled)
+
+				ctx, stop = s.waitContext(parent)
+				defer stop()
+				build(ctx)
+				cancelParent()
+				assert.ErrorIs(t, ctx.Err(), context.Canceled)
 			})
 		})
 	}
