@@ -53,7 +53,8 @@
 // (10 minutes) after the last lesson:
 //   - how many connections the receiver accepted when it refused one (its
 //     greeted sessions): no more are opened, so a receiver capped at N never
-//     sees N+1 again after its first refusal;
+//     sees N+1 again after its first refusal (the check comes after the
+//     governor's slot is held, so calls already waiting for one obey it too);
 //   - the rate it was delivering at when a rate-limit reply came: it halves
 //     it, then grows 0.5% per delivery up to 90% of the refused rate;
 //   - a receiver's messages-per-connection cap ("421 Max messages per
