@@ -174,6 +174,10 @@ func newClassifier(rules []Rule) *Classifier {
 		}
 	}
 	c.needles.build()
+	c.needles.rulesOf = make([][]int32, len(c.needles.needles))
+	for i := range c.rules {
+		c.needles.addRule(i, &c.rules[i])
+	}
 	return c
 }
 
@@ -186,6 +190,13 @@ func (ti *textIndex) hasAny(ws []needleWord) bool {
 		}
 	}
 	return len(ws) == 0
+}
+
+// ruledOut reports whether the scan showed that rule i cannot match. Once
+// the text has been scanned, most rules fail on it: a bit test passes them
+// without a call.
+func (ti *textIndex) ruledOut(i int32) bool {
+	return ti.scanned && i < maxSkippableRules && ti.live[i>>6]&(1<<(i&63)) == 0
 }
 
 func pastBitSet(id int32) bool { return id >= maxIndexedNeedles }
@@ -306,7 +317,7 @@ func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
 			}
 		}
 		i := lists[best][0]
-		if c.rules[i].matches(r, class, ti, &c.needles) {
+		if !ti.ruledOut(i) && c.rules[i].matches(r, class, ti, &c.needles) {
 			return i, true
 		}
 		if lists[best] = lists[best][1:]; len(lists[best]) == 0 {
@@ -316,13 +327,10 @@ func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
 	}
 	if n == 1 {
 		for _, i := range lists[0] {
-			cr := &c.rules[i]
-			// Once the text has been scanned, most rules fail on it: test
-			// that first, without a call.
-			if ti.scanned && cr.masked && !ti.hasAny(cr.anyMask) {
+			if ti.ruledOut(i) {
 				continue
 			}
-			if cr.matches(r, class, ti, &c.needles) {
+			if c.rules[i].matches(r, class, ti, &c.needles) {
 				return i, true
 			}
 		}

@@ -38,8 +38,11 @@
 // code or the class they need, so a reply meets only those that can apply
 // to it, however many there are; rules with text conditions only (the MTA
 // texts) are tried on every failure reply that nothing earlier claimed.
-// Text patterns are plain case-insensitive substring searches on a text
-// lower-cased once, behind a bigram filter (no regular expressions).
+// Text patterns are plain case-insensitive substrings (no regular
+// expressions), looked for in a text lower-cased once: the first few
+// directly, then all of the classifier's patterns in one pass over the
+// text (each anchored on a rare trigram), after which a rule none of whose
+// patterns occurs is passed over with a bit test.
 // DefaultRules lists the built-in rules.
 //
 // # Transient or permanent, and when the codes disagree

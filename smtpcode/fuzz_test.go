@@ -64,6 +64,9 @@ func FuzzParse(f *testing.F) {
 		if c.Rule == "" {
 			t.Fatalf("no rule named for %q", raw)
 		}
+		if want, ok := referenceRule(defaultRules, r); ok && c.Rule != want {
+			t.Fatalf("%q: classified by %s, the rules in order say %s", raw, c.Rule, want)
+		}
 		if c.RetryAfter < 0 || c.RetryAfter > maxHint {
 			t.Fatalf("retry hint %v out of range", c.RetryAfter)
 		}

@@ -2,6 +2,7 @@ package smtpcode
 
 import (
 	"bytes"
+	mathbits "math/bits"
 	"strings"
 )
 
@@ -27,6 +28,48 @@ type needleIndex struct {
 	// short lists needles under three bytes, which have no trigram; they
 	// are searched for directly.
 	short []int32
+
+	// rulesOf lists, by needle id, the rules (under maxSkippableRules) that
+	// use it; skippable marks the rules whose text conditions are all
+	// indexed needles. After a scan, a skippable rule none of whose needles
+	// occurs cannot match, and the rule loop passes it with one bit test.
+	rulesOf   [][]int32
+	skippable [maxSkippableRules / 64]uint64
+}
+
+// maxSkippableRules bounds the rules the scan can rule out at once (a bit
+// set on the stack); later rules are tested one by one.
+const maxSkippableRules = 512
+
+// addRule records rule i's needles for skipping it after a scan.
+func (ix *needleIndex) addRule(i int, cr *compiledRule) {
+	if i >= maxSkippableRules || !cr.masked || len(cr.all)+len(cr.any) == 0 {
+		return
+	}
+	ix.skippable[i>>6] |= 1 << (i & 63)
+	for _, ids := range [2][]int32{cr.all, cr.any} {
+		for _, id := range ids {
+			ix.rulesOf[id] = append(ix.rulesOf[id], int32(i))
+		}
+	}
+}
+
+// live sets in live the rules that may still match once found is known:
+// every rule that is not skippable, and the skippable rules that use a
+// needle that was found.
+func (ix *needleIndex) live(found *[maxIndexedNeedles / 64]uint64, live *[maxSkippableRules / 64]uint64) {
+	for w := range live {
+		live[w] = ^ix.skippable[w]
+	}
+	for w, bits := range found {
+		for bits != 0 {
+			id := w*64 + mathbits.TrailingZeros64(bits)
+			bits &= bits - 1
+			for _, i := range ix.rulesOf[id] {
+				live[i>>6] |= 1 << (i & 63)
+			}
+		}
+	}
 }
 
 const anchorKeys = 1 << 14

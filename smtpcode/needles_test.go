@@ -3,6 +3,8 @@ package smtpcode
 import (
 	"bytes"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -128,4 +130,86 @@ func TestNormalizeTextAgreesWithByteLoop(t *testing.T) {
 		require.Equal(t, wantText, string(got), "%q", b)
 		require.Equal(t, wantDigit, gotDigit, "%q", b)
 	}
+}
+
+// referenceRule is the rule-matching semantics without any index: the
+// first rule, in order, whose conditions all hold, each text condition
+// found with bytes.Contains in the normalized text. ok is false when no
+// rule applies (success, malformed, or the defaults decide).
+func referenceRule(rules []Rule, r Reply) (name string, ok bool) {
+	class := r.class()
+	if class != 4 && class != 5 {
+		return "", false
+	}
+	text := normalize(nil, r.Text)
+	has := func(s string) bool { return bytes.Contains(text, normalize(nil, s)) }
+	for _, rule := range rules {
+		if rule.Code != 0 && rule.Code != r.Code || rule.Class != 0 && rule.Class != class {
+			continue
+		}
+		if !rule.Enhanced.IsZero() {
+			e, hi := r.Enhanced, rule.Enhanced.Detail
+			if !rule.EnhancedTo.IsZero() && rule.EnhancedTo.Detail > hi {
+				hi = rule.EnhancedTo.Detail
+			}
+			if rule.Enhanced.Class != 0 && rule.Enhanced.Class != e.Class || rule.Enhanced.Subject != e.Subject ||
+				e.Detail < rule.Enhanced.Detail || e.Detail > hi {
+				continue
+			}
+		}
+		all := true
+		for _, s := range rule.Contains {
+			all = all && has(s)
+		}
+		anyOK := len(rule.ContainsAny) == 0
+		for _, s := range rule.ContainsAny {
+			anyOK = anyOK || has(s)
+		}
+		if all && anyOK {
+			return rule.Name, true
+		}
+	}
+	return "", false
+}
+
+// The indexed classifier (rule lists by code, direct searches, then the
+// one-pass scan that rules out rules) decides exactly as the rules read in
+// order do, on every labelled reply and on each reply with its text
+// repeated (long texts take the scan path early).
+func TestClassifyAgreesWithRulesInOrder(t *testing.T) {
+	raws := append([]string{benchOneLine, benchSixLine, benchFallback}, fuzzSeeds...)
+	for _, row := range loadLabelled(t, "testdata/replies_extra.tsv") {
+		raws = append(raws, row.raw)
+	}
+	if path := filepath.Join(sharedDir, "testdata", "replies.tsv"); fileExists(path) {
+		for _, row := range loadLabelled(t, path) {
+			raws = append(raws, row.raw)
+		}
+	}
+	ruleNames := map[string]bool{}
+	for _, rule := range defaultRules {
+		ruleNames[rule.Name] = true
+	}
+	checked := 0
+	for _, raw := range raws {
+		r, err := Parse(raw)
+		if err != nil {
+			continue
+		}
+		for _, rr := range []Reply{r, {Code: r.Code, Enhanced: r.Enhanced, Text: r.Text + " " + r.Text}} {
+			got := Classify(rr)
+			if want, ok := referenceRule(defaultRules, rr); ok {
+				assert.Equal(t, want, got.Rule, "%q", rr.Text)
+				checked++
+			} else {
+				assert.False(t, ruleNames[got.Rule], "%q: %s claimed it, no rule in order does", rr.Text, got.Rule)
+			}
+		}
+	}
+	t.Logf("%d replies decided by a rule, all as the rules in order say", checked)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

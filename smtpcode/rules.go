@@ -20,7 +20,8 @@ const (
 // by a basic code, an enhanced code or a class, so a reply only meets the
 // few that can apply to it. Then come texts that Postfix, Exim, Sendmail
 // and other MTAs write whatever the code; those are tried on every failure
-// reply that no earlier rule claimed, behind a bigram prefilter.
+// reply that no earlier rule claimed, their texts found in one pass (see
+// needleIndex).
 var defaultRules = []Rule{
 	// RFC 5321 4.5.3.1.10: "552 Too many recipients" must be treated as
 	// temporary (old servers used 552 where 452 is meant).

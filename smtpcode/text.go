@@ -25,6 +25,7 @@ type textIndex struct {
 	searches  int
 	scanned   bool
 	found     [maxIndexedNeedles / 64]uint64 // by needle id, once scanned
+	live      [maxSkippableRules / 64]uint64 // by rule, once scanned (see needleIndex.live)
 	buf       [512]byte
 }
 
@@ -58,6 +59,7 @@ func (ti *textIndex) contains(ix *needleIndex, id int32) bool {
 	if id < maxIndexedNeedles {
 		if !ti.scanned && ti.searches >= directSearches {
 			ix.scan(ti.text(), &ti.found)
+			ix.live(&ti.found, &ti.live)
 			ti.scanned = true
 		}
 		if ti.scanned {
