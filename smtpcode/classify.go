@@ -64,9 +64,12 @@ type Rule struct {
 // safe for concurrent use. A nil or zero Classifier behaves as the default
 // one (Classify).
 type Classifier struct {
-	rules  []compiledRule
-	byEnh  map[uint16][]int32 // subject*1000+detail → rules indexed by enhanced code
-	byCode [600][]int32       // basic code → rules with a Code and no Enhanced
+	rules []compiledRule
+	// byEnh[enhStart[k]:enhStart[k+1]] are the rules indexed by enhanced
+	// code key k (subject*1000+detail): two array reads, no hashing.
+	enhStart []int32
+	byEnh    []int32
+	byCode   [600][]int32 // basic code → rules with a Code and no Enhanced
 	// byCls: class → rules with only a Class, and the rules with no code
 	// condition at all, in list order (merged once here, not per reply).
 	byCls [6][]int32
@@ -132,7 +135,8 @@ func DefaultRules() []Rule {
 }
 
 func newClassifier(rules []Rule) *Classifier {
-	c := &Classifier{byEnh: map[uint16][]int32{}}
+	c := &Classifier{}
+	byEnh := map[uint16][]int32{}
 	c.rules = make([]compiledRule, len(rules))
 	ids := map[string]int32{}
 	for i, r := range rules {
@@ -156,7 +160,7 @@ func newClassifier(rules []Rule) *Classifier {
 			}
 			for d := lo; d <= hi; d++ {
 				k := enhKey(r.Enhanced.Subject, d)
-				c.byEnh[k] = append(c.byEnh[k], idx)
+				byEnh[k] = append(byEnh[k], idx)
 			}
 		case !r.Enhanced.IsZero():
 			// An enhanced code no reply can carry: the rule never matches.
@@ -173,6 +177,12 @@ func newClassifier(rules []Rule) *Classifier {
 			}
 		}
 	}
+	c.enhStart = make([]int32, enhKeys+1)
+	for k := range enhKeys {
+		c.enhStart[k] = int32(len(c.byEnh))
+		c.byEnh = append(c.byEnh, byEnh[uint16(k)]...)
+	}
+	c.enhStart[enhKeys] = int32(len(c.byEnh))
 	c.needles.build()
 	c.needles.rulesOf = make([][]int32, len(c.needles.needles))
 	for i := range c.rules {
@@ -201,6 +211,9 @@ func (ti *textIndex) ruledOut(i int32) bool {
 
 func pastBitSet(id int32) bool { return id >= maxIndexedNeedles }
 
+// enhKeys is the number of enhanced code keys: subjects 0-7, details 0-999.
+const enhKeys = 8 * 1000
+
 func enhKey(subject, detail int) uint16 { return uint16(subject*1000 + detail) }
 
 var defaultClassifier = newClassifier(defaultRules)
@@ -224,7 +237,7 @@ const (
 // are not transient, Category Other, Rule RuleSuccess. See the package
 // documentation for the order of precedence.
 func (c *Classifier) Classify(r Reply) Classification {
-	if c == nil || c.byEnh == nil {
+	if c == nil || c.enhStart == nil {
 		c = defaultClassifier
 	}
 	class := r.class()
@@ -291,7 +304,8 @@ func (c *Classifier) match(r Reply, class int, ti *textIndex) (int32, bool) {
 	n := 0
 	if !r.Enhanced.IsZero() && r.Enhanced.Subject >= 0 && r.Enhanced.Subject < 8 &&
 		r.Enhanced.Detail >= 0 && r.Enhanced.Detail < 1000 {
-		if l := c.byEnh[enhKey(r.Enhanced.Subject, r.Enhanced.Detail)]; len(l) > 0 {
+		k := enhKey(r.Enhanced.Subject, r.Enhanced.Detail)
+		if l := c.byEnh[c.enhStart[k]:c.enhStart[k+1]]; len(l) > 0 {
 			lists[n] = l
 			n++
 		}
