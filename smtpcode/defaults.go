@@ -113,6 +113,29 @@ var enhancedSubjects = [8]fallback{
 	{Policy, ScopeSession, "rfc3463-x.7.x"},
 }
 
+// The maps above, read once into arrays so that classifying a reply costs
+// no hashing: enhancedDetailIndex[key] is 1 + the index of the code's
+// meaning in enhancedDetailList (0: none), and classSpecificKeys marks the
+// keys classSpecific may hold.
+var (
+	enhancedDetailList  []fallback
+	enhancedDetailIndex [enhKeys]uint16
+	classSpecificKeys   [enhKeys / 64]uint64
+)
+
+func init() {
+	for sd, f := range enhancedDetails {
+		if sd[0] >= 0 && sd[0] < 8 && sd[1] >= 0 && sd[1] < 1000 {
+			enhancedDetailList = append(enhancedDetailList, f)
+			enhancedDetailIndex[enhKey(sd[0], sd[1])] = uint16(len(enhancedDetailList))
+		}
+	}
+	for e := range classSpecific {
+		k := enhKey(e.Subject, e.Detail)
+		classSpecificKeys[k>>6] |= 1 << (k & 63)
+	}
+}
+
 // enhancedDefault is the meaning of an enhanced code. X.0.0 says nothing,
 // so it falls through to the basic code. class is the reply's class (from
 // the basic code): class-specific meanings follow it, not the enhanced
@@ -124,11 +147,16 @@ func enhancedDefault(e EnhancedCode, class int) (fallback, bool) {
 	if e.Subject == 0 && e.Detail == 0 {
 		return fallback{}, false
 	}
-	if f, ok := classSpecific[EnhancedCode{class, e.Subject, e.Detail}]; ok {
-		return f, true
-	}
-	if f, ok := enhancedDetails[[2]int{e.Subject, e.Detail}]; ok {
-		return f, true
+	if e.Detail >= 0 && e.Detail < 1000 {
+		k := enhKey(e.Subject, e.Detail)
+		if classSpecificKeys[k>>6]&(1<<(k&63)) != 0 {
+			if f, ok := classSpecific[EnhancedCode{class, e.Subject, e.Detail}]; ok {
+				return f, true
+			}
+		}
+		if i := enhancedDetailIndex[k]; i > 0 {
+			return enhancedDetailList[i-1], true
+		}
 	}
 	if e.Subject == 0 {
 		return fallback{}, false

@@ -213,3 +213,14 @@ func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+// Replies built by hand may carry codes Parse never returns: no index may
+// go out of range on them.
+func TestClassifyOutOfRangeCodes(t *testing.T) {
+	for _, e := range []EnhancedCode{{4, 7, -1}, {5, 1, 1000}, {4, -1, 1}, {5, 8, 1}, {4, 7, 65535}, {5, 7, -65536}} {
+		for _, code := range []int{0, 450, 550, -1, 999} {
+			c := Classify(Reply{Code: code, Enhanced: e, Text: "too many connections"})
+			assert.NotEmpty(t, c.Rule, "%d %v", code, e)
+		}
+	}
+}
