@@ -175,11 +175,16 @@ func (s *redisServer) stop() {
 
 func newClient(tb testing.TB, addr string) *redis.Client {
 	tb.Helper()
+	// Generous socket timeouts: under -race with other packages' tests
+	// running beside it, one script can queue for over a second (a CI run
+	// failed TestNoLostWakeups on a 1 s ReadTimeout). Tests that need a
+	// dead Redis noticed quickly bound their calls with Options.Timeout,
+	// which reaches go-redis as a context deadline.
 	c := redis.NewClient(&redis.Options{
 		Addr:         addr,
 		DialTimeout:  time.Second,
-		ReadTimeout:  time.Second,
-		WriteTimeout: time.Second,
+		ReadTimeout:  10 * time.Second,
+		WriteTimeout: 10 * time.Second,
 		MaxRetries:   -1,
 		PoolSize:     64,
 	})
@@ -198,6 +203,12 @@ func newStore(tb testing.TB, addr string, opt redisstore.Options) *redisstore.St
 	tb.Helper()
 	if opt.Prefix == "" {
 		opt.Prefix = randomPrefix()
+	}
+	if opt.Timeout == 0 {
+		// Not the 2 s default: on a loaded CI machine under -race a call can
+		// take longer, and a healthy Redis must not look unavailable here.
+		// Fault tests set their own, shorter Timeout.
+		opt.Timeout = 10 * time.Second
 	}
 	s, err := redisstore.New(newClient(tb, addr), opt)
 	require.NoError(tb, err)
