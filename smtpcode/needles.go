@@ -150,7 +150,7 @@ func (ix *needleIndex) build() {
 			k := trigramKey(trigramOf(n[i], n[i+1], n[i+2]))
 			// Spread needles over anchors too: one anchor shared by many
 			// needles (say "000" in "rl000001") costs a comparison each.
-			score := byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + 4*load[k]
+			score := byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + 8*load[k]
 			if i == 0 || score < bestScore {
 				best, bestScore = i, score
 			}
@@ -199,7 +199,8 @@ func (ix *needleIndex) verify(t []byte, i int, k uint, found *[maxIndexedNeedles
 	for _, a := range ix.entries[ix.starts[k]:ix.starts[k+1]] {
 		p := i - int(a.offset)
 		n := ix.needles[a.id]
-		if p >= 0 && p+len(n) <= len(t) && bytes.Equal(t[p:p+len(n)], n) {
+		// The first byte rules out most hash collisions without a call.
+		if p >= 0 && p+len(n) <= len(t) && t[p] == n[0] && bytes.Equal(t[p:p+len(n)], n) {
 			found[a.id>>6] |= 1 << (a.id & 63)
 		}
 	}
