@@ -126,6 +126,10 @@ type session struct {
 	timerArmed bool
 	idleSince  time.Time
 	closeOnce  sync.Once
+
+	// closeRaw closes raw; built once, so that each transaction's
+	// context.AfterFunc does not allocate a closure.
+	closeRaw func()
 }
 
 // permit is what a session holds on the governor for its whole life.
@@ -300,6 +304,7 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 	ss := &session{
 		s: s, raw: raw, track: track, c: c, host: h, site: rt.site, sourceIP: src,
 		permit: p, tls: isTLS, created: now, lastUsed: now,
+		closeRaw: func() { raw.Close() },
 	}
 	return report(ss, nil)
 }
@@ -346,7 +351,7 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 		all[i] = i
 	}
 
-	stop := context.AfterFunc(ctx, func() { ss.raw.Close() })
+	stop := context.AfterFunc(ctx, ss.closeRaw)
 	defer func() {
 		if !stop() {
 			ss.broken = true

@@ -244,9 +244,9 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 
 	// The caller's keys (mailbox, tenant) count once per message.
 	if len(p.keys) > 0 {
-		wctx, cancel := s.waitContext(ctx)
+		wctx := s.newWaitCtx(ctx)
 		o, retryAt := s.take(wctx, "", p.keys)
-		cancel()
+		wctx.stop()
 		if o != nil {
 			for i := range st.res {
 				st.finish(i, o, retryAt)
@@ -281,6 +281,7 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 		st.deliverDomain(ctx, order[0], groups[order[0]])
 	} else {
 		var wg sync.WaitGroup
+		ctx := ctx // never reassigned: captured by value, Send's ctx stays on the stack
 		for _, d := range order {
 			wg.Go(func() { st.deliverDomain(ctx, d, groups[d]) })
 		}
@@ -443,8 +444,8 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 		return
 	}
 
-	waitCtx, cancel := s.waitContext(ctx)
-	defer cancel()
+	waitCtx := s.newWaitCtx(ctx)
+	defer waitCtx.stop()
 	keys := s.keysFor(poolKey{st.src, rt.site})
 	pairKey := keys[2]
 	pending := idx
@@ -609,11 +610,18 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 // only when a wait needs it: a Send that waits for nothing (a pooled
 // connection, tokens at hand) sets no timer.
 func (s *Sender) waitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	l := s.newWaitCtx(ctx)
+	return l, l.stop
+}
+
+// newWaitCtx is waitContext for callers that call stop themselves (a
+// method call, not a returned closure: one allocation less per Send).
+func (s *Sender) newWaitCtx(ctx context.Context) *lazyCtx {
 	l := &lazyCtx{parent: ctx}
 	if s.maxWait > 0 {
 		l.deadline = time.Now().Add(s.maxWait)
 	}
-	return l, l.stop
+	return l
 }
 
 // lazyCtx is ctx with an optional earlier deadline, created on first use.

@@ -80,8 +80,8 @@ func (s *Sender) SendNetSMTP(ctx context.Context, c *netsmtp.Client, host string
 		return st.results(msg), nil
 	}
 
-	waitCtx, cancelWait := s.waitContext(ctx)
-	defer cancelWait()
+	waitCtx := s.newWaitCtx(ctx)
+	defer waitCtx.stop()
 	if len(p.keys) > 0 {
 		if o, retryAt := s.take(waitCtx, "", p.keys); o != nil {
 			return finishAll(o, retryAt)
