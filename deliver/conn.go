@@ -126,6 +126,7 @@ type session struct {
 	timerArmed bool
 	idleSince  time.Time
 	closeOnce  sync.Once
+	idleBuf    []*session // an idle list's array, kept across take and put
 
 	// closeRaw closes raw; built once, so that each transaction's
 	// context.AfterFunc does not allocate a closure.

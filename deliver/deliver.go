@@ -319,7 +319,20 @@ func (st *sendState) results(msg *Message) []Result {
 			st.finish(i, &outcome{err: errNotAttempted, class: smtpcode.ClassifyError(errNotAttempted)}, time.Time{})
 		}
 	}
-	out := make([]Result, len(msg.To))
+	// With no duplicate recipients, Message.To and st.res are in the same
+	// order and st.res (not used after this) is the answer: one
+	// allocation less per Send.
+	out := st.res
+	if len(msg.To) != len(st.res) {
+		out = make([]Result, len(msg.To))
+	} else {
+		for i, j := range st.p.index {
+			if i != j {
+				out = make([]Result, len(msg.To))
+				break
+			}
+		}
+	}
 	for i, j := range st.p.index {
 		out[i] = st.res[j]
 		out[i].Recipient = msg.To[i]

@@ -46,6 +46,11 @@ func (pl *pool) take(k poolKey, rt *route) *session {
 			continue
 		}
 		list = append(list[:i], list[i+1:]...)
+		if len(list) == 0 {
+			// The key leaves the map; ss keeps the array for its put,
+			// so that the usual take-send-put cycle allocates nothing.
+			ss.idleBuf = list[:0]
+		}
 		pl.setLocked(k, list)
 		return ss
 	}
@@ -89,7 +94,12 @@ func (pl *pool) put(ss *session) {
 		pl.signalLocked(k) // a slot frees up: let waiters re-check
 		return
 	}
-	pl.idle[k] = append(pl.idle[k], ss)
+	list := pl.idle[k]
+	if list == nil {
+		list = ss.idleBuf // no longer referenced by the map: ss owns it
+	}
+	ss.idleBuf = nil
+	pl.idle[k] = append(list, ss)
 	ss.idleSince = time.Now()
 	// One timer per session, armed lazily: a busy session is put back
 	// after every message, and re-arming a timer each time costs.
