@@ -93,6 +93,11 @@ type prepared struct {
 	sourceIP  netip.Addr
 	attempt   int
 	firstTime time.Time
+
+	// Backing arrays for the usual single recipient: no allocations
+	// beside p itself.
+	rcpt1  [1]rcpt
+	index1 [1]int
 }
 
 type rcpt struct {
@@ -158,7 +163,11 @@ func (m *Message) prepare(maxBytes int64) (*prepared, error) {
 		attempt:   m.Attempt,
 		firstTime: m.FirstAttempt,
 		smtputf8:  !isASCII(m.From),
-		index:     make([]int, len(m.To)),
+	}
+	if len(m.To) == 1 {
+		p.index, p.rcpts = p.index1[:], p.rcpt1[:0]
+	} else {
+		p.index = make([]int, len(m.To))
 	}
 	var seen map[string]int
 	if len(m.To) > 1 {
