@@ -268,6 +268,10 @@ func sluiceLoop(ctx context.Context, addr string, n, conns int) (float64, error)
 		HelloName: "sluice.example.org",
 		Routes:    map[string][]string{"*": {addr}},
 		TLS:       deliver.TLSNone,
+		// The raw loop keeps one connection per goroutine for the whole
+		// run; so does deliver here (its default re-dials every 100
+		// messages), so that both sides do the same work.
+		MaxMessagesPerConn: n,
 	})
 	if err != nil {
 		return 0, err
