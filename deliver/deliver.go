@@ -214,33 +214,12 @@ func (s *Sender) enter() bool {
 // (ErrClosed). Otherwise every recipient is Delivered, Deferred or Bounced;
 // a cancelled ctx makes the unfinished ones Deferred.
 func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
-	if !s.enter() {
-		return nil, ErrClosed
-	}
-	defer s.inflight.Done()
-	p, err := msg.prepare(s.maxBytes)
+	st, ctx, err := s.begin(ctx, msg)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(s.base, cancel)
-	defer stop()
-
-	st := &sendState{
-		s:       s,
-		p:       p,
-		src:     cmp.Or(p.sourceIP, s.cfg.SourceIP),
-		first:   p.firstTime,
-		res:     make([]Result, len(p.rcpts)),
-		started: time.Now(),
-	}
-	if st.first.IsZero() {
-		st.first = time.Now()
-	}
-	for i, r := range p.rcpts {
-		st.res[i].Recipient = r.addr
-	}
+	defer st.end()
+	p := st.p
 
 	// The caller's keys (mailbox, tenant) count once per message.
 	if len(p.keys) > 0 {
@@ -309,6 +288,50 @@ type sendState struct {
 	res   []Result
 	// started is when Send began; MaxWait counts from it.
 	started time.Time
+	// cancel and stopBase undo begin's context; end calls them.
+	cancel   context.CancelFunc
+	stopBase func() bool
+}
+
+// begin admits one Send or SendNetSMTP call: it counts the call in flight
+// (so Close waits for it), validates msg, and returns the call's state and
+// a context that Close cancels when it gives up waiting. On success the
+// caller must call st.end when it returns; on error nothing is held.
+func (s *Sender) begin(ctx context.Context, msg *Message) (*sendState, context.Context, error) {
+	if !s.enter() {
+		return nil, nil, ErrClosed
+	}
+	p, err := msg.prepare(s.maxBytes)
+	if err != nil {
+		s.inflight.Done()
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	now := time.Now()
+	st := &sendState{
+		s:        s,
+		p:        p,
+		src:      cmp.Or(p.sourceIP, s.cfg.SourceIP),
+		first:    p.firstTime,
+		res:      make([]Result, len(p.rcpts)),
+		started:  now,
+		cancel:   cancel,
+		stopBase: context.AfterFunc(s.base, cancel),
+	}
+	if st.first.IsZero() {
+		st.first = now
+	}
+	for i, r := range p.rcpts {
+		st.res[i].Recipient = r.addr
+	}
+	return st, ctx, nil
+}
+
+// end releases what begin took.
+func (st *sendState) end() {
+	st.stopBase()
+	st.cancel()
+	st.s.inflight.Done()
 }
 
 func (st *sendState) results(msg *Message) []Result {

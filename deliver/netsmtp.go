@@ -39,26 +39,12 @@ func (s *Sender) SendNetSMTP(ctx context.Context, c *netsmtp.Client, host string
 	if c == nil {
 		return nil, fmt.Errorf("%w: nil *smtp.Client", ErrInvalidMessage)
 	}
-	if !s.enter() {
-		return nil, ErrClosed
-	}
-	defer s.inflight.Done()
-	p, err := msg.prepare(s.maxBytes)
+	st, ctx, err := s.begin(ctx, msg)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(s.base, cancel)
-	defer stop()
-
-	st := &sendState{s: s, p: p, src: p.sourceIP, first: p.firstTime, res: make([]Result, len(p.rcpts))}
-	if !st.src.IsValid() {
-		st.src = s.cfg.SourceIP
-	}
-	if st.first.IsZero() {
-		st.first = time.Now()
-	}
+	defer st.end()
+	p := st.p
 	site := ""
 	if s.cfg.SiteKey != nil {
 		site = s.cfg.SiteKey("", []string{host})
