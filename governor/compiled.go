@@ -3,7 +3,6 @@ package governor
 import (
 	"golang.org/x/time/rate"
 	"math"
-	"time"
 )
 
 // climits is a Limits value prepared for the hot path: durations in
@@ -135,29 +134,16 @@ func compileLimits(l Limits) *climits {
 	if a.InitialConcurrency > 0 && a.InitialConcurrency < l.MaxConcurrency {
 		c.initial = float64(a.InitialConcurrency)
 	}
-	c.increase = orF(a.Increase, DefaultIncrease)
-	c.decrease = orF(a.Decrease, DefaultDecrease)
-	c.probeAfter = int64(orD(a.ProbeAfter, DefaultProbeAfter))
+	d := a.WithDefaults()
+	c.increase = d.Increase
+	c.decrease = d.Decrease
+	c.probeAfter = int64(d.ProbeAfter)
 	c.cohort = a.FailureCohort
-	c.suspendFor = int64(orD(a.SuspendFor, DefaultSuspendFor))
-	c.rateFactor = orF(a.RateFactor, DefaultRateFactor)
-	c.rateFor = int64(orD(a.RateFor, DefaultRateFor))
-	c.ratePause = int64(orD(a.RatePause, DefaultRatePause))
+	c.suspendFor = int64(d.SuspendFor)
+	c.rateFactor = d.RateFactor
+	c.rateFor = int64(d.RateFor)
+	c.ratePause = int64(d.RatePause)
 	return c
-}
-
-func orF(v, d float64) float64 {
-	if v == 0 {
-		return d
-	}
-	return v
-}
-
-func orD(v, d time.Duration) time.Duration {
-	if v == 0 {
-		return d
-	}
-	return v
 }
 
 // ratePerSecond converts an emission interval back to a rate.

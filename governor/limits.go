@@ -1,6 +1,7 @@
 package governor
 
 import (
+	"cmp"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -149,6 +150,22 @@ type Adaptive struct {
 	// RateLimited signal. 0: 30 seconds (a retry after about 30 s usually
 	// succeeds at Gmail).
 	RatePause time.Duration
+}
+
+// WithDefaults returns a with every zero field that has a fixed default
+// filled in (Increase, Decrease, ProbeAfter, SuspendFor, RateFactor,
+// RateFor, RatePause). InitialConcurrency and FailureCohort stay as they
+// are: their defaults depend on the key's state. Every Store applies
+// Feedback with these values, so the stores cannot drift apart.
+func (a Adaptive) WithDefaults() Adaptive {
+	a.Increase = cmp.Or(a.Increase, DefaultIncrease)
+	a.Decrease = cmp.Or(a.Decrease, DefaultDecrease)
+	a.ProbeAfter = cmp.Or(a.ProbeAfter, DefaultProbeAfter)
+	a.SuspendFor = cmp.Or(a.SuspendFor, DefaultSuspendFor)
+	a.RateFactor = cmp.Or(a.RateFactor, DefaultRateFactor)
+	a.RateFor = cmp.Or(a.RateFor, DefaultRateFor)
+	a.RatePause = cmp.Or(a.RatePause, DefaultRatePause)
+	return a
 }
 
 // Documented defaults of Adaptive.

@@ -40,20 +40,6 @@ func burstOf(b int) int64 {
 	return int64(b)
 }
 
-func orF(v, d float64) float64 {
-	if v == 0 {
-		return d
-	}
-	return v
-}
-
-func orD(v, d time.Duration) time.Duration {
-	if v == 0 {
-		return d
-	}
-	return v
-}
-
 // encodeLimits renders l for the script (see parseL in store.lua).
 func encodeLimits(l governor.Limits) string {
 	var b strings.Builder
@@ -98,14 +84,15 @@ func encodeLimits(l governor.Limits) string {
 	} else {
 		b.WriteString("0 - ")
 	}
-	f(orF(a.Increase, governor.DefaultIncrease))
-	f(orF(a.Decrease, governor.DefaultDecrease))
-	n(int64(orD(a.ProbeAfter, governor.DefaultProbeAfter)))
+	d := a.WithDefaults()
+	f(d.Increase)
+	f(d.Decrease)
+	n(int64(d.ProbeAfter))
 	n(int64(a.FailureCohort))
-	n(int64(orD(a.SuspendFor, governor.DefaultSuspendFor)))
-	f(orF(a.RateFactor, governor.DefaultRateFactor))
-	n(int64(orD(a.RateFor, governor.DefaultRateFor)))
-	n(int64(orD(a.RatePause, governor.DefaultRatePause)))
+	n(int64(d.SuspendFor))
+	f(d.RateFactor)
+	n(int64(d.RateFor))
+	n(int64(d.RatePause))
 	if ival > 0 || civl > 0 {
 		b.WriteString("1")
 	} else {
