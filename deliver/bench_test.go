@@ -21,6 +21,18 @@ var benchData = []byte("From: a@example.org\r\nTo: b@example.test\r\nSubject: be
 // Sender.Send (deliver), against the same accept-everything receiver.
 // The issue's goal is deliver >= 0.9 of raw, i.e. ns/op within 1/0.9.
 func BenchmarkTCPThroughput(b *testing.B) {
+	benchTCPThroughput(b, false)
+}
+
+// BenchmarkTCPThroughputParallel is BenchmarkTCPThroughput with four
+// connections in use at once (RunParallel, 2 x GOMAXPROCS goroutines), as
+// the scoreboard's scenario 3 runs: there lock contention and scheduling
+// count too.
+func BenchmarkTCPThroughputParallel(b *testing.B) {
+	benchTCPThroughput(b, true)
+}
+
+func benchTCPThroughput(b *testing.B, parallel bool) {
 	srv, err := delivertest.NewServer(delivertest.Config{DiscardData: true})
 	if err != nil {
 		b.Fatal(err)
@@ -28,16 +40,17 @@ func BenchmarkTCPThroughput(b *testing.B) {
 	defer srv.Close()
 
 	b.Run("raw", func(b *testing.B) {
-		c, err := smtp.Dial(srv.Addr())
-		if err != nil {
-			b.Fatal(err)
+		dial := func() *smtp.Client {
+			c, err := smtp.Dial(srv.Addr())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := c.Hello("sender.example.org"); err != nil {
+				b.Fatal(err)
+			}
+			return c
 		}
-		defer c.Close()
-		if err := c.Hello("sender.example.org"); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		for b.Loop() {
+		send := func(c *smtp.Client) {
 			if err := c.Mail("a@example.org", nil); err != nil {
 				b.Fatal(err)
 			}
@@ -54,6 +67,23 @@ func BenchmarkTCPThroughput(b *testing.B) {
 			if err := w.Close(); err != nil {
 				b.Fatal(err)
 			}
+		}
+		b.ReportAllocs()
+		if parallel {
+			b.SetParallelism(2)
+			b.RunParallel(func(pb *testing.PB) {
+				c := dial()
+				defer c.Close()
+				for pb.Next() {
+					send(c)
+				}
+			})
+			return
+		}
+		c := dial()
+		defer c.Close()
+		for b.Loop() {
+			send(c)
 		}
 		b.StopTimer()
 		c.Quit()
@@ -83,6 +113,18 @@ func BenchmarkTCPThroughput(b *testing.B) {
 		m := &Message{From: "a@example.org", To: []string{"b@example.test"}, Data: benchData}
 		ctx := context.Background()
 		b.ReportAllocs()
+		if parallel {
+			b.SetParallelism(2)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					res, err := s.Send(ctx, m)
+					if err != nil || res[0].Status != Delivered {
+						b.Fatal(err, res)
+					}
+				}
+			})
+			return
+		}
 		for b.Loop() {
 			res, err := s.Send(ctx, m)
 			if err != nil || res[0].Status != Delivered {

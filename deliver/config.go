@@ -145,6 +145,12 @@ type Config struct {
 	// Timeouts per SMTP step; zero fields take the defaults.
 	Timeouts Timeouts
 
+	// DisablePipelining sends one command per round trip even to a
+	// receiver that offers PIPELINING (RFC 2920). By default MAIL, every
+	// RCPT and DATA go out in one write when it is offered: a message then
+	// costs two round trips instead of three plus one per recipient.
+	DisablePipelining bool
+
 	// MaxMessagesPerConn: 0 means DefaultMaxMessagesPerConn; negative: 1
 	// (no reuse).
 	MaxMessagesPerConn int

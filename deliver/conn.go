@@ -131,6 +131,20 @@ type session struct {
 	// closeRaw closes raw; built once, so that each transaction's
 	// context.AfterFunc does not allocate a closure.
 	closeRaw func()
+
+	// What the receiver offered in EHLO (for the transaction).
+	pipelining   bool // RFC 2920, and not Config.DisablePipelining
+	eightBitMIME bool
+	smtputf8     bool
+	sizeOffered  bool
+	maxSize      int64 // SIZE's limit; 0: none
+
+	// The transaction's own reader and buffers (transaction.go); go-smtp's
+	// client is done with the connection once EHLO and AUTH are over.
+	br          *bufio.Reader
+	rbuf, wbuf  []byte
+	readTimeout time.Duration // the read deadline last armed, and when
+	readArmed   time.Time
 }
 
 // permit is what a session holds on the governor for its whole life.
@@ -306,6 +320,15 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 		s: s, raw: raw, track: track, c: c, host: h, site: rt.site, sourceIP: src,
 		permit: p, tls: isTLS, created: now, lastUsed: now,
 		closeRaw: func() { raw.Close() },
+		br:       bufio.NewReader(track),
+	}
+	ss.pipelining, _ = c.Extension("PIPELINING")
+	ss.pipelining = ss.pipelining && !s.cfg.DisablePipelining
+	ss.eightBitMIME, _ = c.Extension("8BITMIME")
+	ss.smtputf8, _ = c.Extension("SMTPUTF8")
+	ss.sizeOffered, _ = c.Extension("SIZE")
+	if max, ok := c.MaxMessageSize(); ok && max > 0 {
+		ss.maxSize = int64(max)
 	}
 	return report(ss, nil)
 }
@@ -335,152 +358,6 @@ type rcptOutcome struct {
 	out               outcome
 }
 
-// transaction sends one message to rcpts over ss. It returns one outcome
-// per recipient, and leaves ss either clean (ready for MAIL) or broken.
-func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (res []rcptOutcome, last outcome) {
-	s := ss.s
-	to := s.timeouts
-	c := ss.c
-	res = make([]rcptOutcome, len(rcpts))
-	setAll := func(idx []int, o outcome) {
-		for _, i := range idx {
-			res[i].out = o
-		}
-	}
-	all := make([]int, len(rcpts))
-	for i := range all {
-		all[i] = i
-	}
-
-	stop := context.AfterFunc(ctx, ss.closeRaw)
-	defer func() {
-		if !stop() {
-			ss.broken = true
-		}
-		ss.lastUsed = time.Now()
-	}()
-
-	// failed turns an error of a command into an outcome and decides
-	// whether the connection is still usable.
-	failed := func(err error) outcome {
-		o := s.errOutcome(ctx, err)
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) || se.Code == 421 || ctx.Err() != nil {
-			ss.broken = true
-		}
-		return *o
-	}
-
-	opts := &smtp.MailOptions{}
-	if p.smtputf8 {
-		if ok, _ := c.Extension("SMTPUTF8"); !ok {
-			o := s.localOutcome(replyNoSMTPUTF8, errors.New("deliver: receiver lacks SMTPUTF8"))
-			setAll(all, o)
-			return res, o
-		}
-		opts.UTF8 = true
-	}
-	if ok, _ := c.Extension("SIZE"); ok {
-		if max, ok := c.MaxMessageSize(); ok && max > 0 && len(p.data) > max {
-			o := s.localOutcome(replyTooBig, fmt.Errorf("deliver: message is %d bytes, receiver's SIZE %d", len(p.data), max))
-			setAll(all, o)
-			return res, o
-		}
-		opts.Size = int64(len(p.data))
-	}
-
-	c.CommandTimeout = to.Mail
-	if err := c.Mail(p.from, opts); err != nil {
-		o := failed(err)
-		if ss.messages > 0 && o.reply.Code == 421 && perConnectionCap(o.reply.Text) {
-			// "Max messages per connection reached": not a throttle, the
-			// connection is used up. Nothing was attempted; try a new one.
-			ss.exhausted = true
-			ss.s.learn.perConnCap(poolKey{ss.sourceIP, ss.site}, ss.messages)
-			for i := range res {
-				res[i].notTried = true
-			}
-			return res, o
-		}
-		setAll(all, o)
-		return res, o
-	}
-
-	var accepted []int
-	c.CommandTimeout = to.Rcpt
-	for i, ri := range rcpts {
-		err := c.Rcpt(p.rcpts[ri].addr, nil)
-		if err == nil {
-			accepted = append(accepted, i)
-			continue
-		}
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && (se.Code == 452 || se.Code == 552) && len(accepted) > 0 &&
-			(se.EnhancedCode == smtp.EnhancedCode{4, 5, 3} || se.EnhancedCode == smtp.EnhancedCode{5, 5, 3} ||
-				strings.Contains(strings.ToLower(se.Message), "too many recipients")) {
-			// RFC 5321 4.5.3.1.10: send what was accepted, the rest in
-			// another transaction (552 is the legacy code for the same).
-			for j := i; j < len(rcpts); j++ {
-				res[j].notTried = true
-			}
-			break
-		}
-		o := failed(err)
-		res[i].out = o
-		last = o
-		if ss.broken {
-			// The session is gone: this and every other recipient fail with it.
-			setAll(accepted, o)
-			setAll(all[i:], o)
-			return res, o
-		}
-	}
-	if len(accepted) == 0 {
-		ss.reset()
-		return res, last
-	}
-
-	c.CommandTimeout = to.DataInit
-	w, err := c.Data()
-	if err != nil {
-		o := failed(err)
-		setAll(accepted, o)
-		if !ss.broken {
-			ss.reset()
-		}
-		return res, o
-	}
-	data := p.data
-	const block = 64 << 10
-	for off := 0; off < len(data); off += block {
-		ss.track.SetWriteDeadline(time.Now().Add(to.DataBlock))
-		if _, err := w.Write(data[off:min(off+block, len(data))]); err != nil {
-			o := failed(err)
-			ss.broken = true
-			setAll(accepted, o)
-			return res, o
-		}
-	}
-	ss.track.SetWriteDeadline(time.Now().Add(to.DataBlock)) // the final dot
-	c.SubmissionTimeout = to.DataEnd
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		o := failed(err)
-		var se *smtp.SMTPError
-		lost := !errors.As(err, &se) && ss.track.wroteFinalDot()
-		for _, i := range accepted {
-			res[i].out = o
-			res[i].possiblyDelivered = lost
-		}
-		return res, o
-	}
-	ss.messages++
-	for _, i := range accepted {
-		res[i].delivered = true
-	}
-	return res, outcome{reply: okReply(resp.StatusText)}
-}
-
 // okReply is the 250 reply to the final dot, with its text (which often
 // carries the receiver's queue ID).
 func okReply(text string) smtpcode.Reply {
@@ -488,17 +365,6 @@ func okReply(text string) smtpcode.Reply {
 		return r
 	}
 	return smtpcode.Reply{Code: 250, Text: text}
-}
-
-// reset sends RSET after a transaction that did not complete. go-smtp's
-// Reset also makes the next MAIL send EHLO again (one more round trip on
-// this rare path); a successful DATA ends the transaction by itself, so
-// reset is never called after one.
-func (ss *session) reset() {
-	ss.c.CommandTimeout = ss.s.timeouts.Hello
-	if err := ss.c.Reset(); err != nil {
-		ss.broken = true
-	}
 }
 
 // close ends the session (QUIT when it is healthy and quit is set) and

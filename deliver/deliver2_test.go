@@ -294,25 +294,29 @@ func TestSendLearnsMessagesPerConnection(t *testing.T) {
 }
 
 func TestSendBatchesRecipients(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		srv := newPipeServer(t, delivertest.Config{DiscardData: true})
-		h := newHarness(t, srv, nil)
-		to := make([]string, 250)
-		for i := range to {
-			to[i] = fmt.Sprintf("r%d@example.test", i)
-		}
-		out, err := h.s.Send(t.Context(), msg(to...))
-		require.NoError(t, err)
-		for _, r := range out {
-			require.Equal(t, Delivered, r.Status)
-		}
-		msgs := srv.Messages()
-		require.Len(t, msgs, 3)
-		assert.Len(t, msgs[0].To, 100)
-		assert.Len(t, msgs[2].To, 50)
-		assert.Len(t, srv.Connections(), 1)
-		h.close()
-	})
+	for _, mode := range pipeliningModes {
+		t.Run(mode.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := newPipeServer(t, delivertest.Config{DiscardData: true})
+				h := newHarness(t, srv, mode.apply)
+				to := make([]string, 250)
+				for i := range to {
+					to[i] = fmt.Sprintf("r%d@example.test", i)
+				}
+				out, err := h.s.Send(t.Context(), msg(to...))
+				require.NoError(t, err)
+				for _, r := range out {
+					require.Equal(t, Delivered, r.Status)
+				}
+				msgs := srv.Messages()
+				require.Len(t, msgs, 3)
+				assert.Len(t, msgs[0].To, 100)
+				assert.Len(t, msgs[2].To, 50)
+				assert.Len(t, srv.Connections(), 1)
+				h.close()
+			})
+		})
+	}
 }
 
 // A Send waiting for a slot returns when its ctx ends, and so does one
@@ -354,19 +358,23 @@ func TestSendCancelledWhileWaiting(t *testing.T) {
 // Recipients left for a next transaction by a 452 share the outcome of
 // the transaction when Send gives up before that next one.
 func TestSendUntriedRecipientsShareTheOutcome(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		srv := newPipeServer(t, delivertest.Config{
-			Limits: delivertest.Limits{MaxRecipients: 2},
-			Faults: []delivertest.Fault{{Step: delivertest.StepDot, Action: delivertest.ActionReply,
-				Reply: delivertest.Reply{Code: 421, Enhanced: "4.4.5", Text: "Too many connections"}, Times: 1}},
+	for _, mode := range pipeliningModes {
+		t.Run(mode.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := newPipeServer(t, delivertest.Config{
+					Limits: delivertest.Limits{MaxRecipients: 2},
+					Faults: []delivertest.Fault{{Step: delivertest.StepDot, Action: delivertest.ActionReply,
+						Reply: delivertest.Reply{Code: 421, Enhanced: "4.4.5", Text: "Too many connections"}, Times: 1}},
+				})
+				h := newHarness(t, srv, func(c *Config) { c.MaxWait = 10 * time.Second; mode.apply(c) })
+				out, err := h.s.Send(t.Context(), msg("a@example.test", "b@example.test", "c@example.test", "d@example.test"))
+				require.NoError(t, err)
+				for _, r := range out {
+					assert.Equal(t, Deferred, r.Status, "%+v", r)
+					assert.Equal(t, 421, r.Reply.Code, "%+v", r)
+				}
+				h.close()
+			})
 		})
-		h := newHarness(t, srv, func(c *Config) { c.MaxWait = 10 * time.Second })
-		out, err := h.s.Send(t.Context(), msg("a@example.test", "b@example.test", "c@example.test", "d@example.test"))
-		require.NoError(t, err)
-		for _, r := range out {
-			assert.Equal(t, Deferred, r.Status, "%+v", r)
-			assert.Equal(t, 421, r.Reply.Code, "%+v", r)
-		}
-		h.close()
-	})
+	}
 }

@@ -221,39 +221,42 @@ func TestSendReceiverFaults(t *testing.T) {
 		{"dot 451", delivertest.Fault{Step: delivertest.StepDot, Action: delivertest.ActionReply, Reply: reply(451, "4.3.0", "Try later")}, want{status: Deferred}},
 		{"dot 550", delivertest.Fault{Step: delivertest.StepDot, Action: delivertest.ActionReply, Reply: reply(550, "5.7.1", "Spam")}, want{status: Bounced}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				srv := newPipeServer(t, delivertest.Config{Faults: []delivertest.Fault{tt.fault}})
-				var hookResults atomic.Int64
-				h := newHarness(t, srv, func(c *Config) {
-					c.Hooks.Result = func(Result) { hookResults.Add(1) }
+	for _, mode := range pipeliningModes {
+		for _, tt := range tests {
+			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					srv := newPipeServer(t, delivertest.Config{Faults: []delivertest.Fault{tt.fault}})
+					var hookResults atomic.Int64
+					h := newHarness(t, srv, func(c *Config) {
+						c.DisablePipelining = mode.disable
+						c.Hooks.Result = func(Result) { hookResults.Add(1) }
+					})
+					start := time.Now()
+					// A body larger than the pipe's buffers, so that a fault in
+					// the body stops the writes before the final dot.
+					m := msg("a@example.test", "b@example.test")
+					m.Data = []byte("Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 4096))
+					res, err := h.s.Send(t.Context(), m)
+					require.NoError(t, err)
+					require.Len(t, res, 2)
+					for _, r := range res {
+						assert.Equal(t, tt.want.status, r.Status, "%+v", r)
+						assert.Equal(t, tt.want.possibly, r.PossiblyDelivered, "%+v", r)
+						assert.NotZero(t, r.Attempts)
+						if r.Status == Deferred {
+							assert.False(t, r.RetryAt.Before(start), "retry at %v", r.RetryAt)
+							assert.NotNil(t, r.Err)
+						}
+						if r.Status == Bounced {
+							assert.NotNil(t, r.Err)
+							assert.False(t, r.Class.Transient)
+						}
+					}
+					assert.Equal(t, int64(2), hookResults.Load())
+					h.close()
 				})
-				start := time.Now()
-				// A body larger than the pipe's buffers, so that a fault in
-				// the body stops the writes before the final dot.
-				m := msg("a@example.test", "b@example.test")
-				m.Data = []byte("Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 4096))
-				res, err := h.s.Send(t.Context(), m)
-				require.NoError(t, err)
-				require.Len(t, res, 2)
-				for _, r := range res {
-					assert.Equal(t, tt.want.status, r.Status, "%+v", r)
-					assert.Equal(t, tt.want.possibly, r.PossiblyDelivered, "%+v", r)
-					assert.NotZero(t, r.Attempts)
-					if r.Status == Deferred {
-						assert.False(t, r.RetryAt.Before(start), "retry at %v", r.RetryAt)
-						assert.NotNil(t, r.Err)
-					}
-					if r.Status == Bounced {
-						assert.NotNil(t, r.Err)
-						assert.False(t, r.Class.Transient)
-					}
-				}
-				assert.Equal(t, int64(2), hookResults.Load())
-				h.close()
 			})
-		})
+		}
 	}
 }
 
@@ -420,41 +423,49 @@ func TestSendContextCancelMidData(t *testing.T) {
 }
 
 func TestSendTooManyRecipients(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		srv := newPipeServer(t, delivertest.Config{Limits: delivertest.Limits{MaxRecipients: 2}})
-		h := newHarness(t, srv, nil)
-		res, err := h.s.Send(t.Context(), msg("a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"))
-		require.NoError(t, err)
-		for _, r := range res {
-			assert.Equal(t, Delivered, r.Status, "%+v", r)
-		}
-		assert.Equal(t, 3, srv.MessageCount())
-		assert.Len(t, srv.Connections(), 1)
-		h.close()
-	})
+	for _, mode := range pipeliningModes {
+		t.Run(mode.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := newPipeServer(t, delivertest.Config{Limits: delivertest.Limits{MaxRecipients: 2}})
+				h := newHarness(t, srv, mode.apply)
+				res, err := h.s.Send(t.Context(), msg("a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"))
+				require.NoError(t, err)
+				for _, r := range res {
+					assert.Equal(t, Delivered, r.Status, "%+v", r)
+				}
+				assert.Equal(t, 3, srv.MessageCount())
+				assert.Len(t, srv.Connections(), 1)
+				h.close()
+			})
+		})
+	}
 }
 
 func TestSendResetAfterFailedTransaction(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		srv := newPipeServer(t, delivertest.Config{Recipients: map[string]delivertest.Reply{
-			"nobody@example.test": {Code: 550, Enhanced: "5.1.1", Text: "No such user"},
-		}})
-		h := newHarness(t, srv, nil)
-		res, err := h.s.Send(t.Context(), msg("nobody@example.test"))
-		require.NoError(t, err)
-		assert.Equal(t, Bounced, res[0].Status)
-		assert.Equal(t, smtpcode.UnknownUser, res[0].Class.Category)
-		assert.Equal(t, 550, res[0].Reply.Code)
+	for _, mode := range pipeliningModes {
+		t.Run(mode.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := newPipeServer(t, delivertest.Config{Recipients: map[string]delivertest.Reply{
+					"nobody@example.test": {Code: 550, Enhanced: "5.1.1", Text: "No such user"},
+				}})
+				h := newHarness(t, srv, mode.apply)
+				res, err := h.s.Send(t.Context(), msg("nobody@example.test"))
+				require.NoError(t, err)
+				assert.Equal(t, Bounced, res[0].Status)
+				assert.Equal(t, smtpcode.UnknownUser, res[0].Class.Category)
+				assert.Equal(t, 550, res[0].Reply.Code)
 
-		// Mixed: one bounces, one is delivered; same connection after RSET.
-		res, err = h.s.Send(t.Context(), msg("nobody@example.test", "a@example.test"))
-		require.NoError(t, err)
-		assert.Equal(t, Bounced, res[0].Status)
-		assert.Equal(t, Delivered, res[1].Status)
-		assert.Len(t, srv.Connections(), 1)
-		assert.Equal(t, 1, srv.MessageCount())
-		h.close()
-	})
+				// Mixed: one bounces, one is delivered; same connection after RSET.
+				res, err = h.s.Send(t.Context(), msg("nobody@example.test", "a@example.test"))
+				require.NoError(t, err)
+				assert.Equal(t, Bounced, res[0].Status)
+				assert.Equal(t, Delivered, res[1].Status)
+				assert.Len(t, srv.Connections(), 1)
+				assert.Equal(t, 1, srv.MessageCount())
+				h.close()
+			})
+		})
+	}
 }
 
 func TestSendMaxMessagesPerConn(t *testing.T) {

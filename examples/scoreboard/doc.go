@@ -29,7 +29,8 @@
 // Flags: -n (messages per congestion scenario, 2000), -latency (per
 // command in scenarios 1 and 2, 10ms), -tcp-n (messages per round in
 // scenario 3, 5000), -rounds (rounds of each side in scenario 3, taken in
-// turn; the best of each side is kept, 5).
+// turn; the best of each side is kept, 5), -only (run one scenario: 1, 2
+// or 3; all by default).
 //
 // Scenario 3 is CPU-bound on loopback: on a loaded machine its ratio is
 // the ratio of CPU spent per message by deliver and by go-smtp alone.

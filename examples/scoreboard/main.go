@@ -347,24 +347,35 @@ func main() {
 	latency := flag.Duration("latency", 10*time.Millisecond, "receiver latency per command in scenarios 1 and 2")
 	tcpN := flag.Int("tcp-n", 5000, "messages per round in scenario 3")
 	rounds := flag.Int("rounds", 5, "rounds of each side in scenario 3 (the best of each is kept)")
+	only := flag.Int("only", 0, "run only this scenario (1, 2 or 3); 0 runs all three")
 	flag.Parse()
+	if *only < 0 || *only > 3 {
+		fmt.Fprintln(os.Stderr, "scoreboard: -only must be 1, 2 or 3 (or 0 for all)")
+		os.Exit(2)
+	}
 	ctx := context.Background()
 	fail := func(err error) {
 		fmt.Fprintln(os.Stderr, "scoreboard:", err)
 		os.Exit(1)
 	}
 
-	fmt.Fprintf(os.Stderr, "measuring one connection's throughput at %v per command...\n", *latency)
-	perConn, err := perConnection(ctx, 200, *latency)
-	if err != nil {
-		fail(err)
-	}
 	var b board
 	var notes []string
-	for _, sc := range []congestion{
+	var perConn float64
+	if *only != 3 {
+		fmt.Fprintf(os.Stderr, "measuring one connection's throughput at %v per command...\n", *latency)
+		var err error
+		if perConn, err = perConnection(ctx, 200, *latency); err != nil {
+			fail(err)
+		}
+	}
+	for i, sc := range []congestion{
 		{Name: "1 Postfix", Cap: 5, Allowed: 20, Workers: 20, Messages: *n, Latency: *latency},
 		{Name: "2 Gmail", Cap: 2, Allowed: 10, Workers: 10, Messages: *n, Latency: *latency},
 	} {
+		if *only != 0 && *only != i+1 {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "running %s: %d messages...\n", sc.Name, sc.Messages)
 		r, err := runCongestion(ctx, sc, perConn)
 		if err != nil {
@@ -374,14 +385,18 @@ func main() {
 		notes = append(notes, fmt.Sprintf("%s: at most %d connections at once (refused ones included); %d Deferred results requeued",
 			sc.Name, r.MaxConcurrency, r.Requeued))
 	}
-	fmt.Fprintln(os.Stderr, "running 3: loopback TCP throughput...")
-	tr, err := runThroughput(ctx, *tcpN, 4, max(*rounds, 1))
-	if err != nil {
-		fail(err)
+	if *only == 0 || *only == 3 {
+		fmt.Fprintln(os.Stderr, "running 3: loopback TCP throughput...")
+		tr, err := runThroughput(ctx, *tcpN, 4, max(*rounds, 1))
+		if err != nil {
+			fail(err)
+		}
+		b.addThroughput(tr)
 	}
-	b.addThroughput(tr)
 
-	fmt.Printf("one connection: %.1f messages/s at %v per command\n\n", perConn, *latency)
+	if perConn > 0 {
+		fmt.Printf("one connection: %.1f messages/s at %v per command\n\n", perConn, *latency)
+	}
 	b.print(os.Stdout)
 	fmt.Println()
 	for _, n := range notes {
