@@ -89,7 +89,19 @@ func benchTCPThroughput(b *testing.B, parallel bool) {
 		c.Quit()
 	})
 
-	b.Run("deliver", func(b *testing.B) {
+	for _, mode := range []struct {
+		name    string
+		disable bool
+	}{{"deliver", false}, {"deliver-lockstep", true}} {
+		b.Run(mode.name, func(b *testing.B) { benchDeliver(b, srv, parallel, mode.disable) })
+	}
+}
+
+// benchDeliver is the deliver side: Sender.Send with PIPELINING (the
+// default, which delivertest offers) or one command per round trip, as
+// go-smtp's client does.
+func benchDeliver(b *testing.B, srv *delivertest.Server, parallel, disablePipelining bool) {
+	{
 		gov, err := governor.New(governor.Config{Policy: DefaultPolicy()})
 		if err != nil {
 			b.Fatal(err)
@@ -101,6 +113,7 @@ func benchTCPThroughput(b *testing.B, parallel bool) {
 			Governor:           gov,
 			MaxMessagesPerConn: 1 << 30,
 			MaxConnAge:         1 << 62,
+			DisablePipelining:  disablePipelining,
 			Dial: func(ctx context.Context, network, addr string, _ netip.Addr) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, network, addr)
@@ -131,5 +144,5 @@ func benchTCPThroughput(b *testing.B, parallel bool) {
 				b.Fatal(err, res)
 			}
 		}
-	})
+	}
 }

@@ -192,10 +192,14 @@ func runCongestion(ctx context.Context, sc congestion, perConn float64) (congest
 // throughputResult compares deliver with a bare go-smtp loop over TCP.
 type throughputResult struct {
 	Messages, Conns int
-	Raw, Sluice     float64 // messages per second, best of the rounds
+	// Messages per second, best of the rounds: go-smtp's client, deliver
+	// with its defaults (PIPELINING, which the receiver offers), deliver
+	// with DisablePipelining (one command per round trip, as go-smtp).
+	Raw, Sluice, Lockstep float64
 }
 
-func (r throughputResult) Ratio() float64 { return r.Sluice / r.Raw }
+func (r throughputResult) Ratio() float64         { return r.Sluice / r.Raw }
+func (r throughputResult) LockstepRatio() float64 { return r.Lockstep / r.Raw }
 
 // runThroughput sends n messages over conns connections to an
 // accept-everything receiver on 127.0.0.1, alternately with a bare go-smtp
@@ -215,11 +219,16 @@ func runThroughput(ctx context.Context, n, conns, rounds int) (throughputResult,
 			return r, fmt.Errorf("go-smtp loop: %w", err)
 		}
 		r.Raw = max(r.Raw, raw)
-		sl, err := sluiceLoop(ctx, srv.Addr(), n, conns)
+		sl, err := sluiceLoop(ctx, srv.Addr(), n, conns, false)
 		if err != nil {
 			return r, fmt.Errorf("deliver: %w", err)
 		}
 		r.Sluice = max(r.Sluice, sl)
+		ls, err := sluiceLoop(ctx, srv.Addr(), n, conns, true)
+		if err != nil {
+			return r, fmt.Errorf("deliver without pipelining: %w", err)
+		}
+		r.Lockstep = max(r.Lockstep, ls)
 	}
 	return r, nil
 }
@@ -263,7 +272,8 @@ func rawLoop(addr string, n, conns int) (float64, error) {
 
 // sluiceLoop does the same through one deliver.Sender and conns goroutines
 // calling Send. The site "127.0.0.1" gets DefaultPolicy's 5 connections.
-func sluiceLoop(ctx context.Context, addr string, n, conns int) (float64, error) {
+// lockstep sets DisablePipelining.
+func sluiceLoop(ctx context.Context, addr string, n, conns int, lockstep bool) (float64, error) {
 	s, err := deliver.New(deliver.Config{
 		HelloName: "sluice.example.org",
 		Routes:    map[string][]string{"*": {addr}},
@@ -272,6 +282,7 @@ func sluiceLoop(ctx context.Context, addr string, n, conns int) (float64, error)
 		// run; so does deliver here (its default re-dials every 100
 		// messages), so that both sides do the same work.
 		MaxMessagesPerConn: n,
+		DisablePipelining:  lockstep,
 	})
 	if err != nil {
 		return 0, err
@@ -328,6 +339,7 @@ func (b *board) addCongestion(r congestionResult) {
 func (b *board) addThroughput(r throughputResult) {
 	name := fmt.Sprintf("TCP reuse vs go-smtp (%d conns)", r.Conns)
 	b.add(name, "throughput ratio deliver / go-smtp", fmt.Sprintf("%.2f (%.0f / %.0f msg/s)", r.Ratio(), r.Sluice, r.Raw), ">= 0.9", r.Ratio() >= 0.9)
+	b.add("", "same, deliver without PIPELINING", fmt.Sprintf("%.2f (%.0f / %.0f msg/s)", r.LockstepRatio(), r.Lockstep, r.Raw), ">= 0.9", r.LockstepRatio() >= 0.9)
 }
 
 func (b *board) print(w io.Writer) {
