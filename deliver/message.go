@@ -205,23 +205,16 @@ func (m *Message) NeedsSMTPUTF8() bool {
 	return false
 }
 
+var crlf = []byte("\r\n")
+
 // NormalizeCRLF returns data with every bare CR and bare LF replaced by
 // CRLF. Receivers disagree on what a bare LF or CR ends (the root of SMTP
 // smuggling, CVE-2023-51764/51765/51766); after normalization only CRLF
 // ends a line. It returns data itself when nothing needs to change.
 func NormalizeCRLF(data []byte) []byte {
-	bare := false
-	for i, c := range data {
-		if c == '\n' && (i == 0 || data[i-1] != '\r') {
-			bare = true
-			break
-		}
-		if c == '\r' && (i+1 == len(data) || data[i+1] != '\n') {
-			bare = true
-			break
-		}
-	}
-	if !bare {
+	// Without a bare CR or LF every CR starts a CRLF and every LF ends
+	// one: the three counts agree (bytes.Count is vectorized).
+	if n := bytes.Count(data, crlf); n == bytes.Count(data, crlf[:1]) && n == bytes.Count(data, crlf[1:]) {
 		return data
 	}
 	out := make([]byte, 0, len(data)+len(data)/32+2)

@@ -135,6 +135,11 @@ func TestNormalizeCRLF(t *testing.T) {
 		{"x\n.\r\nMAIL FROM:<evil>", "x\r\n.\r\nMAIL FROM:<evil>"},
 		{"end\r", "end\r\n"},
 		{"\n\r", "\r\n\r\n"},
+		{"\r\n", "\r\n"},
+		{"\n\r\n", "\r\n\r\n"},
+		{"a\r\n\r", "a\r\n\r\n"},
+		{"\r\n\n\r\r\n", "\r\n\r\n\r\n\r\n"},
+		{"no line end", "no line end"},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, string(NormalizeCRLF([]byte(tt.in))), "%q", tt.in)
