@@ -73,14 +73,22 @@
 // # Connections
 //
 // deliver owns each net.Conn (dialled from Message.SourceIP or
-// Config.SourceIP, or through Config.Dial) and drives go-smtp's client on
-// it. It sets a deadline for every step, including the DATA body and the
-// final dot, where go-smtp sets none; ctx cancellation closes the
-// connection at once. Connections are pooled per source IP and site, reused
-// for up to Config.MaxMessagesPerConn messages, closed after
-// Config.IdleTimeout idle and after any 421. No RSET follows a successful
-// DATA; after a failed transaction RSET is sent (go-smtp then repeats EHLO
-// before the next MAIL, one more round trip on that rare path). The TLS
+// Config.SourceIP, or through Config.Dial). go-smtp's client reads the
+// EHLO reply and runs AUTH; the mail transaction itself (MAIL, RCPT, DATA,
+// the body, RSET) is written by deliver, because go-smtp's client sends one
+// command per round trip. When the receiver offers PIPELINING (RFC 2920),
+// MAIL, every RCPT and DATA go out in one write (in groups of at most
+// 2 KiB) and their replies are read together: a message costs two round
+// trips instead of three plus one per recipient, which doubles what one
+// connection carries to a receiver tens of milliseconds away, where the
+// number of connections is what a receiver limits.
+// Config.DisablePipelining sends one command at a time. deliver sets a
+// deadline for every step, including the DATA body and the final dot;
+// ctx cancellation closes the connection at once. Connections are pooled
+// per source IP and site, reused for up to Config.MaxMessagesPerConn
+// messages, closed after Config.IdleTimeout idle and after any 421. No
+// RSET follows a successful DATA; a failed transaction is ended with RSET
+// (and, unlike go-smtp's Reset, no repeated EHLO). The TLS
 // policy is opportunistic STARTTLS by default (without Config.TLSConfig the
 // certificate is not verified, as Postfix's "may"), or required (no MAIL
 // is sent without TLS, no plaintext fallback), or none.
