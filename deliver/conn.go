@@ -108,7 +108,6 @@ type session struct {
 	s        *Sender
 	raw      net.Conn
 	track    *trackConn
-	c        *smtp.Client
 	host     routeHost
 	site     string
 	sourceIP netip.Addr
@@ -317,7 +316,7 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 	}
 	now := time.Now()
 	ss := &session{
-		s: s, raw: raw, track: track, c: c, host: h, site: rt.site, sourceIP: src,
+		s: s, raw: raw, track: track, host: h, site: rt.site, sourceIP: src,
 		permit: p, tls: isTLS, created: now, lastUsed: now,
 		closeRaw: func() { raw.Close() },
 		br:       bufio.NewReader(track),
