@@ -363,6 +363,15 @@ type Config struct {
 	StartTLS     bool
 	TLSHostnames []string
 
+	// NoPipelining hides PIPELINING (RFC 2920) from the EHLO reply, for a
+	// receiver that takes one command per round trip. go-smtp always offers
+	// it; the capability line is dropped on the wire, so a client's EHLO
+	// reply and the record of it both lack it. Only the offer is hidden: a
+	// client that pipelines anyway is still answered command by command, as
+	// go-smtp reads ahead. It cannot be combined with StartTLS, as the EHLO
+	// reply after STARTTLS is encrypted and cannot be filtered.
+	NoPipelining bool
+
 	// MaxMessageBytes is announced in EHLO SIZE and enforced (552 5.3.4);
 	// 0 is unlimited. IdleTimeout closes a connection idle that long with
 	// go-smtp's 421 4.4.2; 0 is never.
@@ -424,6 +433,9 @@ func (c *Config) validate(tcp bool) error {
 				return err
 			}
 		}
+	}
+	if c.NoPipelining && c.StartTLS {
+		return fmt.Errorf("%w: NoPipelining with StartTLS: the EHLO reply after STARTTLS is encrypted, so PIPELINING cannot be hidden from it", ErrInvalidConfig)
 	}
 	if c.MaxMessageBytes < 0 || c.IdleTimeout < 0 {
 		return fmt.Errorf("%w: negative MaxMessageBytes or IdleTimeout", ErrInvalidConfig)

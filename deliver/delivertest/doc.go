@@ -66,7 +66,10 @@
 //   - faults at any step of the session (Step): a reply (a 421 also
 //     closes), a drop, a hang, garbage; with filters and counts;
 //   - STARTTLS with a certificate generated at start (ClientTLSConfig
-//     trusts it), AUTH PLAIN (Config.Users), a size limit, an idle timeout.
+//     trusts it), AUTH PLAIN (Config.Users), a size limit, an idle timeout;
+//   - a receiver without PIPELINING (Config.NoPipelining: EHLO does not
+//     offer it, though commands sent pipelined anyway are still answered;
+//     not with STARTTLS, whose EHLO reply is encrypted).
 //
 // Gmail, Yahoo and Outlook return preset Configs with the providers' codes
 // and texts; their documentation says which figures are published and which
@@ -96,7 +99,8 @@
 //     action, please come back later" (milter-greylist).
 //   - No latency, no faults, no STARTTLS, no AUTH, no size limit, no idle
 //     timeout (go-smtp answers 421 4.4.2 when one is set); SMTPUTF8 is
-//     offered (go-smtp's EnableSMTPUTF8).
+//     offered (go-smtp's EnableSMTPUTF8), and so is PIPELINING (go-smtp
+//     always offers it; Config.NoPipelining hides it).
 //   - A client without an identity is DefaultIdentity (127.0.0.1) on pipes.
 //
 // # The record

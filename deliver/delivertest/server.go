@@ -462,6 +462,7 @@ type serverConn struct {
 	cause      Cause // of the reply being written
 	closeAfter bool  // close once the reply being written is complete
 	closeLines int   // encrypted: close after this many more writes
+	midLine    bool  // Config.NoPipelining: the bytes written end inside a line
 }
 
 func (c *serverConn) Close() error {
@@ -477,8 +478,20 @@ func (c *serverConn) Write(p []byte) (int, error) {
 			return 0, net.ErrClosed
 		}
 	}
-	n, err := c.Conn.Write(p)
+	w := p
+	if c.s.cfg.NoPipelining && !c.encrypted {
+		w = c.dropPipelining(p)
+		if len(w) == 0 {
+			// All of p dropped: go-smtp must see it written, and the
+			// record must not see it at all.
+			return len(p), nil
+		}
+	}
+	n, err := c.Conn.Write(w)
 	if err != nil {
+		if len(w) != len(p) {
+			n = 0 // n counts w's bytes, not p's
+		}
 		return n, err
 	}
 	if c.encrypted {
@@ -490,8 +503,53 @@ func (c *serverConn) Write(p []byte) (int, error) {
 		}
 		return n, nil
 	}
-	c.parse(p)
-	return n, nil
+	c.parse(w)
+	return len(p), nil
+}
+
+// dropPipelining returns p without the EHLO capability line
+// "250-PIPELINING\r\n" (keyword in any case), for Config.NoPipelining; p
+// itself when there is none. p may hold several lines: only that one goes.
+// A line counts only when it starts and ends within p (go-smtp writes whole
+// lines, one per Write): one split across Writes is left alone.
+//
+// Only the "250-" form is dropped. A last line "250 PIPELINING" would need
+// the '-' of the line before turned into ' ', and that line has been
+// written already; go-smtp lists PIPELINING first of its capabilities,
+// never last, so that form does not occur and is left alone.
+func (c *serverConn) dropPipelining(p []byte) []byte {
+	var out []byte // nil until a line is dropped
+	for start := 0; start < len(p); {
+		end := len(p)
+		i := bytes.IndexByte(p[start:], '\n')
+		if i >= 0 {
+			end = start + i + 1
+		}
+		line := p[start:end]
+		if i >= 0 && !c.midLine && isPipeliningLine(line) {
+			if out == nil {
+				out = append(make([]byte, 0, len(p)), p[:start]...)
+			}
+		} else {
+			if out != nil {
+				out = append(out, line...)
+			}
+			c.midLine = i < 0
+		}
+		start = end
+	}
+	if out == nil {
+		return p
+	}
+	return out
+}
+
+// isPipeliningLine reports whether line, with its line ending, is the
+// capability line "250-PIPELINING" (case-insensitive, as EHLO keywords are).
+func isPipeliningLine(line []byte) bool {
+	line = bytes.TrimSuffix(line, []byte{'\n'})
+	line = bytes.TrimSuffix(line, []byte{'\r'})
+	return bytes.EqualFold(line, []byte("250-PIPELINING"))
 }
 
 // parse records the replies in the bytes written (go-smtp flushes one line

@@ -801,6 +801,7 @@ func TestConfigValidation(t *testing.T) {
 		"size":                   {MaxMessageBytes: -1},
 		"domain":                 {Domain: "a b"},
 		"addr":                   {Addr: "no-port"},
+		"NoPipelining StartTLS":  {NoPipelining: true, StartTLS: true},
 	}
 	for name, cfg := range bad {
 		t.Run(name, func(t *testing.T) {
