@@ -63,19 +63,21 @@ func (c *countingConn) count() int {
 // per command and one for the body.
 func TestTransactionWrites(t *testing.T) {
 	tests := []struct {
-		disable bool
-		rcpts   int
-		want    int
+		disable      bool // Config.DisablePipelining
+		notOffered   bool // the receiver does not offer PIPELINING
+		rcpts, wants int
 	}{
-		{false, 1, 2},
-		{false, 3, 2},
-		{true, 1, 4},
-		{true, 3, 6},
+		{false, false, 1, 2},
+		{false, false, 3, 2},
+		{true, false, 1, 4},
+		{true, false, 3, 6},
+		{false, true, 1, 4},
+		{false, true, 3, 6},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprintf("disable=%v/rcpts=%d", tt.disable, tt.rcpts), func(t *testing.T) {
+		t.Run(fmt.Sprintf("disable=%v/offered=%v/rcpts=%d", tt.disable, !tt.notOffered, tt.rcpts), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				srv := newPipeServer(t, delivertest.Config{})
+				srv := newPipeServer(t, delivertest.Config{NoPipelining: tt.notOffered})
 				var conns []*countingConn
 				h := newHarness(t, srv, func(c *Config) {
 					c.DisablePipelining = tt.disable
@@ -104,7 +106,7 @@ func TestTransactionWrites(t *testing.T) {
 				for _, r := range res {
 					require.Equal(t, Delivered, r.Status, "%+v", r)
 				}
-				assert.Equal(t, tt.want, conns[0].count()-before)
+				assert.Equal(t, tt.wants, conns[0].count()-before)
 				assert.Len(t, conns, 1)
 				h.close()
 			})
