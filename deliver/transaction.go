@@ -367,6 +367,7 @@ func (ss *session) writeBody(data []byte, timeout time.Duration) error {
 			buf = append(buf, ".\r\n"...)
 		}
 		ss.track.SetWriteDeadline(time.Now().Add(timeout))
+		ss.readTimeout = 0 // the reply to the dot gets its own read deadline
 		if _, err := ss.track.Write(buf); err != nil {
 			return err
 		}
@@ -455,11 +456,14 @@ func replyLineCode(l []byte) (code int, final, ok bool) {
 	return 0, false, false
 }
 
-// skipReplies reads n replies whose content does not matter; a failure
-// marks the session broken.
+// skipReplies reads n replies that cannot change the outcome (those to the
+// rest of a group after MAIL was refused). A failure marks the session
+// broken, and so does a 354: a receiver that accepted DATA after refusing
+// MAIL now reads whatever follows as a message.
 func (ss *session) skipReplies(n int, timeout time.Duration) {
 	for range n {
-		if _, _, err := ss.readReply(timeout); err != nil {
+		code, _, err := ss.readReply(timeout)
+		if err != nil || code == 354 {
 			ss.broken = true
 			return
 		}

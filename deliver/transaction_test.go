@@ -318,6 +318,24 @@ func TestReadReply(t *testing.T) {
 	}
 }
 
+func TestSkipReplies(t *testing.T) {
+	tests := []struct {
+		wire   string
+		n      int
+		broken bool
+	}{
+		{"503 5.5.1 Bad sequence\r\n503 5.5.1 Bad sequence\r\n", 2, false},
+		{"503 5.5.1 Bad sequence\r\n354 Go ahead\r\n", 2, true}, // now in DATA: unusable
+		{"503 5.5.1 Bad sequence\r\n", 2, true},                 // EOF
+		{"garbage\r\n", 1, true},
+	}
+	for _, tt := range tests {
+		ss := readerSession(tt.wire)
+		ss.skipReplies(tt.n, time.Minute)
+		assert.Equal(t, tt.broken, ss.broken, "%q", tt.wire)
+	}
+}
+
 // FuzzReadReply: any bytes give a reply or an error, never a panic; a
 // reply's code is 200-599 and its text ends a line.
 func FuzzReadReply(f *testing.F) {
