@@ -795,36 +795,65 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 	k := poolKey{src, rt.site}
 	keys := s.keysFor(k)
 	for {
-		if ss := s.pool.take(k, rt); ss != nil {
+		ss, w := s.pool.takeOrWait(k, rt)
+		if ss != nil {
 			return ss, nil, time.Time{}
 		}
-		sig := s.pool.signal(k)
+		sig := w.ch // a session handed over, or a learned limit to look at again
+		// handed ends the wait; a session handed over meanwhile is used,
+		// or put back when the wait gave up.
+		handed := func(retrying, gaveUp bool) *session {
+			ss := s.pool.leave(k, w, retrying)
+			if ss != nil && gaveUp {
+				s.pool.put(ss)
+				return nil
+			}
+			return ss
+		}
 		if now := time.Now(); now.Before(notBefore) {
 			t := time.NewTimer(notBefore.Sub(now))
+			gaveUp := false
 			select {
 			case <-sig:
 			case <-t.C:
 			case <-waitCtx.Done():
-				t.Stop()
-				return nil, s.errOutcome(ctx, waitCtx.Err()), notBefore
+				gaveUp = true
 			}
 			t.Stop()
+			if ss := handed(!gaveUp, gaveUp); ss != nil {
+				return ss, nil, time.Time{}
+			}
+			if gaveUp {
+				return nil, s.errOutcome(ctx, waitCtx.Err()), notBefore
+			}
 			continue
 		}
 		if full, graceEnd := s.learn.full(k); full {
 			// A learned limit: wait for a connection to come back or close.
-			if !waitLearned(sig, graceEnd, waitCtx.Done()) {
+			s.pool.heldByLearned(w)
+			ok := waitLearned(sig, graceEnd, waitCtx.Done())
+			if ss := handed(ok, !ok); ss != nil {
+				return ss, nil, time.Time{}
+			}
+			if !ok {
 				return nil, s.errOutcome(ctx, waitCtx.Err()), time.Time{}
 			}
 			continue
 		}
 		s.pool.evictOthers(k, rt)
 		p, dec, err := s.lim.acquire(waitCtx, keys, sig)
-		if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) && !errors.Is(err, errWoken) {
+		woken := errors.Is(err, errWoken)
+		if ss := handed(woken, err != nil && !woken); ss != nil {
+			if p != nil {
+				p.Release() // the session brings its own slot
+			}
+			return ss, nil, time.Time{}
+		}
+		if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) && !woken {
 			s.cfg.Hooks.Wait(WaitInfo{Site: rt.site, Keys: keys, Decision: dec, Err: err})
 		}
 		if err != nil {
-			if errors.Is(err, errWoken) {
+			if woken {
 				continue
 			}
 			o := &outcome{err: err, class: smtpcode.ClassifyError(err)}
@@ -836,12 +865,9 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 		// The learned limit is reserved only now, with the slot held: while
 		// this call waited in the governor, the receiver may have refused a
 		// connection and taught a limit that is already reached.
-		if ok, graceEnd := s.learn.reserve(k); !ok {
+		if ok, _ := s.learn.reserve(k); !ok {
 			p.Release()
-			if !waitLearned(sig, graceEnd, waitCtx.Done()) {
-				return nil, s.errOutcome(ctx, waitCtx.Err()), time.Time{}
-			}
-			continue
+			continue // to wait for the learned limit, in the queue again
 		}
 		if dec.Waited > 0 && s.cfg.Logger != nil {
 			s.log(ctx, "waited", "site", rt.site, "decision", dec.String())

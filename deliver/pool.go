@@ -14,26 +14,132 @@ type poolKey struct {
 }
 
 // pool keeps idle sessions for reuse. A pooled session still holds its
-// governor slot, so waiters for the same key are woken (signal) when one
-// comes back, rather than waiting for the governor.
+// governor slot, so a Send that needs a connection of a key waits in the
+// key's queue (FIFO) as well as in the governor: a session put back goes
+// straight to the first waiter that can use it. An event that changes
+// what deliver learned of the receiver (a session closed, a dial that
+// failed) wakes the first waiter held by a learned limit to look again;
+// waiters in the governor get a freed slot from the governor itself.
+// Waking one rather than all keeps the cost of a returned connection
+// constant however many Sends wait for the site.
 type pool struct {
-	s      *Sender
-	mu     sync.Mutex
-	idle   map[poolKey][]*session
-	sig    map[poolKey]chan struct{}
-	closed bool
+	s       *Sender
+	mu      sync.Mutex
+	idle    map[poolKey][]*session
+	waiters map[poolKey][]*poolWaiter
+	closed  bool
+}
+
+// poolWaiter is one Send waiting for a session of its key. ch receives one
+// token when the waiter is woken, with ss set when a session was handed
+// over; either way the waiter has left the queue.
+type poolWaiter struct {
+	rt      *route
+	ch      chan struct{}
+	ss      *session
+	woken   bool
+	learned bool // held by a learned limit: woken by wake too
 }
 
 func newPool(s *Sender) *pool {
-	return &pool{s: s, idle: make(map[poolKey][]*session), sig: make(map[poolKey]chan struct{})}
+	return &pool{s: s, idle: make(map[poolKey][]*session), waiters: make(map[poolKey][]*poolWaiter)}
 }
 
 // take returns an idle session of k to one of rt's hosts, or nil. Idle
 // sessions found unusable are closed.
 func (pl *pool) take(k poolKey, rt *route) *session {
-	now := time.Now()
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
+	return pl.takeLocked(k, rt)
+}
+
+// takeOrWait is take, or, when there is no idle session to use, a place
+// in k's queue. The caller waits on w.ch (with whatever else it waits for)
+// and must end with leave.
+func (pl *pool) takeOrWait(k poolKey, rt *route) (*session, *poolWaiter) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if ss := pl.takeLocked(k, rt); ss != nil {
+		return ss, nil
+	}
+	w := &poolWaiter{rt: rt, ch: make(chan struct{}, 1)}
+	pl.waiters[k] = append(pl.waiters[k], w)
+	return nil, w
+}
+
+// heldByLearned marks w as waiting for what deliver learned of the
+// receiver to change (wake wakes it).
+func (pl *pool) heldByLearned(w *poolWaiter) {
+	pl.mu.Lock()
+	w.learned = true
+	pl.mu.Unlock()
+}
+
+// leave ends w's wait. It returns the session handed to w, if any: the
+// caller uses it or puts it back. A wake-up w got but will not act on
+// (retrying false: the caller stops waiting) goes to the next waiter.
+func (pl *pool) leave(k poolKey, w *poolWaiter, retrying bool) *session {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if !w.woken {
+		q := pl.waiters[k]
+		for i, x := range q {
+			if x == w {
+				pl.setWaitersLocked(k, append(q[:i], q[i+1:]...))
+				break
+			}
+		}
+		return nil
+	}
+	ss := w.ss
+	w.ss = nil
+	if ss == nil && !retrying {
+		pl.wakeOneLocked(k)
+	}
+	return ss
+}
+
+func (pl *pool) setWaitersLocked(k poolKey, q []*poolWaiter) {
+	if len(q) == 0 {
+		delete(pl.waiters, k)
+		return
+	}
+	pl.waiters[k] = q
+}
+
+// wakeOneLocked wakes the first waiter of k held by a learned limit, to
+// look again.
+func (pl *pool) wakeOneLocked(k poolKey) {
+	q := pl.waiters[k]
+	for i, w := range q {
+		if !w.learned {
+			continue
+		}
+		pl.setWaitersLocked(k, append(q[:i], q[i+1:]...))
+		w.woken = true
+		w.ch <- struct{}{}
+		return
+	}
+}
+
+// handLocked gives ss to the first waiter of k that can use it; false
+// when none can.
+func (pl *pool) handLocked(k poolKey, ss *session) bool {
+	q := pl.waiters[k]
+	for i, w := range q {
+		if !pl.s.canCarry(w.rt, ss) {
+			continue
+		}
+		pl.setWaitersLocked(k, append(q[:i], q[i+1:]...))
+		w.woken, w.ss = true, ss
+		w.ch <- struct{}{}
+		return true
+	}
+	return false
+}
+
+func (pl *pool) takeLocked(k poolKey, rt *route) *session {
+	now := time.Now()
 	list := pl.idle[k]
 	for i := len(list) - 1; i >= 0; i-- {
 		ss := list[i]
@@ -84,14 +190,17 @@ func (pl *pool) setLocked(k poolKey, list []*session) {
 	pl.idle[k] = list
 }
 
-// put returns ss to the pool, or closes it when it cannot be reused.
+// put returns ss to the pool (to a waiter first), or closes it when it
+// cannot be reused.
 func (pl *pool) put(ss *session) {
 	k := poolKey{ss.sourceIP, ss.site}
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	if pl.closed || pl.s.idleTimeout < 0 || !ss.usable(time.Now()) {
-		pl.closeLocked(ss)
-		pl.signalLocked(k) // a slot frees up: let waiters re-check
+		pl.closeLocked(ss) // wakes a waiter once closed, when its slot is free
+		return
+	}
+	if pl.handLocked(k, ss) {
 		return
 	}
 	list := pl.idle[k]
@@ -111,7 +220,6 @@ func (pl *pool) put(ss *session) {
 			ss.idleTimer.Reset(pl.s.idleTimeout)
 		}
 	}
-	pl.signalLocked(k)
 }
 
 // expire closes ss if it has been idle for the idle timeout, or re-arms
@@ -131,37 +239,18 @@ func (pl *pool) expire(k poolKey, ss *session) {
 			return
 		}
 		pl.setLocked(k, append(list[:i], list[i+1:]...))
-		pl.closeLocked(ss)
-		pl.signalLocked(k)
+		pl.closeLocked(ss) // wakes a waiter once closed
 		return
 	}
 	// In use: put arms the timer again.
 }
 
-// signal returns a channel closed the next time a session of k is put back.
-func (pl *pool) signal(k poolKey) <-chan struct{} {
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	ch, ok := pl.sig[k]
-	if !ok {
-		ch = make(chan struct{})
-		pl.sig[k] = ch
-	}
-	return ch
-}
-
-// wake wakes the waiters of k (a dial ended without a session).
+// wake wakes one waiter of k held by a learned limit (a dial ended without
+// a session, a session closed).
 func (pl *pool) wake(k poolKey) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	pl.signalLocked(k)
-}
-
-func (pl *pool) signalLocked(k poolKey) {
-	if ch, ok := pl.sig[k]; ok {
-		close(ch)
-		delete(pl.sig, k)
-	}
+	pl.wakeOneLocked(k)
 }
 
 // closeLocked closes ss in the background (QUIT may take a round trip),
@@ -191,8 +280,12 @@ func (pl *pool) drain() {
 		}
 		delete(pl.idle, k)
 	}
-	for k := range pl.sig {
-		pl.signalLocked(k)
+	for k, q := range pl.waiters {
+		for _, w := range q {
+			w.woken = true
+			w.ch <- struct{}{}
+		}
+		delete(pl.waiters, k)
 	}
 }
 
