@@ -85,7 +85,8 @@
 // Config.DisablePipelining sends one command at a time. deliver sets a
 // deadline for every step, including the DATA body and the final dot;
 // ctx cancellation closes the connection at once. Connections are pooled
-// per source IP and site, reused for up to Config.MaxMessagesPerConn
+// per source IP and site (a connection put back goes to the Send that has
+// waited longest for one), reused for up to Config.MaxMessagesPerConn
 // messages, closed after Config.IdleTimeout idle and after any 421. No
 // RSET follows a successful DATA; a failed transaction is ended with RSET
 // (and, unlike go-smtp's Reset, no repeated EHLO). The TLS
