@@ -841,7 +841,7 @@ func (s *Sender) getSession(ctx, waitCtx context.Context, rt *route, src netip.A
 			continue
 		}
 		s.pool.evictOthers(k, rt)
-		p, dec, err := s.lim.acquire(waitCtx, keys, sig)
+		p, dec, err := s.lim.acquire(waitCtx, keys, func(cancel context.CancelCauseFunc) { s.pool.waitingInGovernor(w, cancel) })
 		woken := errors.Is(err, errWoken)
 		if ss := handed(woken, err != nil && !woken); ss != nil {
 			if p != nil {

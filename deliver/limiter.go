@@ -34,9 +34,11 @@ func newLimiter(cfg Config) (limiter, error) {
 	return limiter{g: g}, nil
 }
 
-// acquire takes a connection slot on keys, giving up with errWoken when
-// wake is closed first (an idle connection to reuse appeared).
-func (l limiter) acquire(ctx context.Context, keys []string, wake <-chan struct{}) (permit, governor.Decision, error) {
+// acquire takes a connection slot on keys. When it has to wait, it hands
+// the wait's cancel function to onWait: cancelling with errWoken (an idle
+// connection to reuse appeared) makes it give up with errWoken. No
+// goroutine watches for that: the pool calls the function itself.
+func (l limiter) acquire(ctx context.Context, keys []string, onWait func(context.CancelCauseFunc)) (permit, governor.Decision, error) {
 	p, d, err := l.g.TryAcquire(keys...)
 	if err != nil {
 		return nil, d, err
@@ -46,13 +48,7 @@ func (l limiter) acquire(ctx context.Context, keys []string, wake <-chan struct{
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go func() {
-		select {
-		case <-wake:
-			cancel(errWoken)
-		case <-ctx.Done():
-		}
-	}()
+	onWait(cancel)
 	p, err = l.g.Acquire(ctx, keys...)
 	if err != nil {
 		var we *governor.WaitError

@@ -1,6 +1,7 @@
 package deliver
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"time"
@@ -39,6 +40,30 @@ type poolWaiter struct {
 	ss      *session
 	woken   bool
 	learned bool // held by a learned limit: woken by wake too
+	// cancel, when set, ends the waiter's wait in the governor (with
+	// errWoken) when it is woken.
+	cancel context.CancelCauseFunc
+}
+
+// wokenLocked marks w woken, having left its queue, with ss (or nil).
+func (w *poolWaiter) wokenLocked(ss *session) {
+	w.woken, w.ss = true, ss
+	w.ch <- struct{}{}
+	if w.cancel != nil {
+		w.cancel(errWoken)
+	}
+}
+
+// waitingInGovernor gives the pool the function that ends w's wait in the
+// governor; it is called at once if w was woken already.
+func (pl *pool) waitingInGovernor(w *poolWaiter, cancel context.CancelCauseFunc) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if w.woken {
+		cancel(errWoken)
+		return
+	}
+	w.cancel = cancel
 }
 
 func newPool(s *Sender) *pool {
@@ -116,8 +141,7 @@ func (pl *pool) wakeOneLocked(k poolKey) {
 			continue
 		}
 		pl.setWaitersLocked(k, append(q[:i], q[i+1:]...))
-		w.woken = true
-		w.ch <- struct{}{}
+		w.wokenLocked(nil)
 		return
 	}
 }
@@ -131,8 +155,7 @@ func (pl *pool) handLocked(k poolKey, ss *session) bool {
 			continue
 		}
 		pl.setWaitersLocked(k, append(q[:i], q[i+1:]...))
-		w.woken, w.ss = true, ss
-		w.ch <- struct{}{}
+		w.wokenLocked(ss)
 		return true
 	}
 	return false
@@ -282,8 +305,7 @@ func (pl *pool) drain() {
 	}
 	for k, q := range pl.waiters {
 		for _, w := range q {
-			w.woken = true
-			w.ch <- struct{}{}
+			w.wokenLocked(nil)
 		}
 		delete(pl.waiters, k)
 	}
