@@ -73,6 +73,7 @@ type entryExt struct {
 
 	qCount int     // calendar quota: events in the period ending at qEnd
 	qEnd   int64   //
+	qFrom  int64   // when qCount last restarted from 0: units committed before are not in it
 	qStale bool    // the calendar changed: recompute qEnd, keep the count
 	qTimes []int64 // rolling quota: grant times within the window
 
@@ -252,7 +253,7 @@ func (e *entry) quotaFull(en *engine, now time.Time, t int64) (bool, int64) {
 	if l.qcal != Rolling {
 		if t >= e.qEnd || e.qStale {
 			if t >= e.qEnd {
-				e.qCount = 0
+				e.qCount, e.qFrom = 0, t
 			}
 			_, end := l.raw.Quota.Period(now)
 			e.qEnd = max(en.tick(end), t+1) // a period always ends after now
@@ -389,8 +390,12 @@ func (en *engine) commit(ents []*entry, kind Kind, t, start int64, w *waiter) {
 	}
 }
 
-// undo gives back what commit took for a start at tc; now is t.
-func (en *engine) undo(ents []*entry, kind Kind, tc, t int64) {
+// undo gives back what commit took at tick tc for a start at ts; now is t.
+// Tokens come back (the arrival time moves back one interval, not before t);
+// a rolling-quota unit stamped at ts is removed; a calendar-quota unit only
+// if the count it went into (committed at tc) is still the current one at t,
+// never into the count of a later period.
+func (en *engine) undo(ents []*entry, kind Kind, tc, ts, t int64) {
 	for _, e := range ents {
 		l := e.lim
 		if kind == KindSlot {
@@ -407,12 +412,12 @@ func (en *engine) undo(ents []*entry, kind Kind, tc, t int64) {
 			if l.qmax > 0 {
 				e.own()
 				if l.qcal != Rolling {
-					if t < e.qEnd && e.qCount > 0 {
+					if t < e.qEnd && tc >= e.qFrom && e.qCount > 0 {
 						e.qCount--
 					}
 				} else {
 					for i := len(e.qTimes) - 1; i >= 0; i-- {
-						if e.qTimes[i] == tc {
+						if e.qTimes[i] == ts {
 							e.qTimes = append(e.qTimes[:i], e.qTimes[i+1:]...)
 							break
 						}

@@ -201,7 +201,7 @@ func (g *Governor) newPermit(ents []*entry, req *Request, d Decision) Permit {
 // a *WaitError and holds nothing. Keys may repeat and come in any order.
 func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) {
 	if g.store != nil {
-		d, req, err := g.storeRun(ctx, KindSlot, keys, false)
+		d, req, err := g.storeRun(ctx, KindSlot, keys, false, nil)
 		if err != nil || !d.OK {
 			return Permit{}, err
 		}
@@ -216,7 +216,7 @@ func (g *Governor) Acquire(ctx context.Context, keys ...string) (Permit, error) 
 	if err := b.prepare(keys); err != nil {
 		return Permit{}, err
 	}
-	d, err := g.memRun(ctx, &b, KindSlot, false)
+	d, err := g.memRun(ctx, &b, KindSlot, false, nil)
 	if err != nil {
 		return Permit{}, err
 	}
@@ -296,7 +296,7 @@ func (g *Governor) newPermit1(e *entry, t int64, st *permitState) Permit {
 // invalid keys or a failing Store.
 func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 	if g.store != nil {
-		d, req, err := g.storeRun(context.Background(), KindSlot, keys, true)
+		d, req, err := g.storeRun(context.Background(), KindSlot, keys, true, nil)
 		if err != nil || !d.OK {
 			return Permit{}, d, err
 		}
@@ -312,7 +312,7 @@ func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 	if err := b.prepare(keys); err != nil {
 		return Permit{}, Decision{}, err
 	}
-	d, err := g.memRun(context.Background(), &b, KindSlot, true)
+	d, err := g.memRun(context.Background(), &b, KindSlot, true, nil)
 	if err != nil || !d.OK {
 		return Permit{}, d, err
 	}
@@ -327,7 +327,7 @@ func (g *Governor) TryAcquire(keys ...string) (Permit, Decision, error) {
 // to end after ctx's deadline fails at once. Jitter is cut short at the deadline.
 func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
 	if g.store != nil {
-		d, _, err := g.storeRun(ctx, KindEvent, keys, false)
+		d, _, err := g.storeRun(ctx, KindEvent, keys, false, nil)
 		return d, err
 	}
 	if len(keys) == 1 {
@@ -339,7 +339,7 @@ func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
 	if err := b.prepare(keys); err != nil {
 		return Decision{}, err
 	}
-	return g.memRun(ctx, &b, KindEvent, false)
+	return g.memRun(ctx, &b, KindEvent, false, nil)
 }
 
 // TryTake is Take without waiting and without jitter: it takes a token and
@@ -347,7 +347,7 @@ func (g *Governor) Take(ctx context.Context, keys ...string) (Decision, error) {
 // Decision says which key and limit refused it and when it would succeed.
 func (g *Governor) TryTake(keys ...string) (Decision, error) {
 	if g.store != nil {
-		d, _, err := g.storeRun(context.Background(), KindEvent, keys, true)
+		d, _, err := g.storeRun(context.Background(), KindEvent, keys, true, nil)
 		return d, err
 	}
 	if len(keys) == 1 {
@@ -359,7 +359,7 @@ func (g *Governor) TryTake(keys ...string) (Decision, error) {
 	if err := b.prepare(keys); err != nil {
 		return Decision{}, err
 	}
-	return g.memRun(context.Background(), &b, KindEvent, true)
+	return g.memRun(context.Background(), &b, KindEvent, true, nil)
 }
 
 // batch is the sorted, distinct keys of one request, their entries and
@@ -519,8 +519,13 @@ func (b *batch) unlock(en *engine) {
 	}
 }
 
-// memRun runs one request against the in-memory state.
-func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (Decision, error) {
+// taken is what a granted event committed: the ticks of its commit and of
+// its Start before jitter (the stamp of its rolling-quota units), for undo.
+type taken struct{ commit, start int64 }
+
+// memRun runs one request against the in-memory state. When tk is not nil
+// and the request is granted, it receives the ticks undo needs.
+func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool, tk *taken) (Decision, error) {
 	en := g.mem
 	now, t := en.clock()
 	if b.nk == 0 && b.kbig == nil {
@@ -569,6 +574,9 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 			}
 			en.commit(b.ents(), kind, t, v.start, w)
 			b.unlock(en)
+			if tk != nil {
+				tk.commit, tk.start = t, v.start
+			}
 			if start == t {
 				d.Start = now
 				if w != nil {
@@ -580,7 +588,7 @@ func (g *Governor) memRun(ctx context.Context, b *batch, kind Kind, try bool) (D
 			if err := sleepCtx(ctx, &timer, time.Duration(start-t)); err != nil {
 				_, tn := en.clock()
 				b.resolve(en, g.policy.Load(), tn)
-				en.undo(b.ents(), kind, v.start, tn)
+				en.undo(b.ents(), kind, t, v.start, tn)
 				b.unlock(en)
 				d.OK = false
 				d.RetryAt = d.Start

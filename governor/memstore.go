@@ -3,6 +3,7 @@ package governor
 import (
 	"context"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -14,9 +15,11 @@ import (
 type MemoryStore struct {
 	en *engine
 
-	mu      sync.Mutex
-	waiters map[string]*waiter  // refused tickets still queued
-	holders map[string]struct{} // tickets holding slots
+	mu        sync.Mutex
+	waiters   map[string]*waiter  // refused tickets still queued
+	holders   map[string]struct{} // tickets holding slots
+	cancelled map[string]int64    // granted events cancelled, until when they are remembered (tick)
+	nextPrune int64               // when cancelled is next pruned (tick)
 }
 
 var _ Store = (*MemoryStore)(nil)
@@ -32,10 +35,34 @@ func NewMemoryStore(idle time.Duration) *MemoryStore {
 		idle = DefaultIdleTimeout
 	}
 	return &MemoryStore{
-		en:      newEngine(storeEpoch, idle),
-		waiters: make(map[string]*waiter),
-		holders: make(map[string]struct{}),
+		en:        newEngine(storeEpoch, idle),
+		waiters:   make(map[string]*waiter),
+		holders:   make(map[string]struct{}),
+		cancelled: make(map[string]int64),
 	}
+}
+
+// remember is how long a MemoryStore remembers a cancelled event's ticket,
+// so that a repeated Cancel gives back nothing more (contract 6): the idle
+// timeout, or DefaultIdleTimeout when keys are never forgotten.
+func (ms *MemoryStore) remember() int64 {
+	if ms.en.idle > 0 {
+		return ms.en.idle
+	}
+	return int64(DefaultIdleTimeout)
+}
+
+// grantToken is the Token of a MemoryStore's event grant: the tick it was
+// committed at, which tells Cancel which calendar-quota count it went into.
+func grantToken(t int64) string { return strconv.FormatInt(t, 10) }
+
+// committedAt is the commit tick a Grant's Token names; a Grant without a
+// valid Token (not from this store) is taken as committed at its Start.
+func (ms *MemoryStore) committedAt(g Grant) int64 {
+	if t, err := strconv.ParseInt(g.Token, 10, 64); err == nil {
+		return t
+	}
+	return ms.en.tick(g.Start)
 }
 
 // lockKeys locks the shards of sorted keys and returns their entries with
@@ -99,6 +126,9 @@ func (ms *MemoryStore) Reserve(_ context.Context, req *Request) (Grant, error) {
 		}
 		ms.mu.Unlock()
 		g := Grant{OK: true, Start: en.wall(v.start)}
+		if req.Kind == KindEvent {
+			g.Token = grantToken(t)
+		}
 		if v.idx >= 0 {
 			g.Decision = Decision{OK: true, Start: g.Start, Key: req.Keys[v.idx], Limit: v.limit}
 		}
@@ -142,17 +172,31 @@ func (ms *MemoryStore) Cancel(_ context.Context, req *Request, g Grant) error {
 	delete(ms.waiters, req.Ticket)
 	_, held := ms.holders[req.Ticket]
 	delete(ms.holders, req.Ticket)
+	again := false
+	if g.OK && req.Kind == KindEvent {
+		if _, again = ms.cancelled[req.Ticket]; !again {
+			ms.cancelled[req.Ticket] = t + ms.remember()
+		}
+		if t >= ms.nextPrune {
+			for k, until := range ms.cancelled {
+				if until <= t {
+					delete(ms.cancelled, k)
+				}
+			}
+			ms.nextPrune = t + ms.remember()/2
+		}
+	}
 	ms.mu.Unlock()
 	if !g.OK && w == nil {
 		return nil
 	}
-	if g.OK && req.Kind == KindSlot && !held {
-		return nil // released already
+	if g.OK && (req.Kind == KindSlot && !held || again) {
+		return nil // released or cancelled already
 	}
 	var b batch
 	ms.lockKeys(&b, req.Keys, nil, t)
 	if g.OK {
-		en.undo(b.ents(), req.Kind, en.tick(g.Start), t)
+		en.undo(b.ents(), req.Kind, ms.committedAt(g), en.tick(g.Start), t)
 	}
 	if w != nil && w.on != nil {
 		w.on.dequeue(w)

@@ -67,12 +67,22 @@ import (
 //  5. Granted KindSlot requests hold one slot on each key under req.Ticket
 //     until Release. A store may lease slots (expire them if the holder dies)
 //     but must then renew them while held; that is the store's business.
-//  6. Cancel undoes a granted request that was not used (its context ended
-//     before Start), given the Grant that Reserve returned, unchanged (its
-//     Token included): its slots are freed, its quota units given back, and
-//     its tokens returned to the buckets (GCRA: the theoretical arrival time
-//     moves back by one emission interval, not before Now). For a request that
-//     was refused and is waiting, Cancel (given the zero Grant) removes its
+//  6. Cancel undoes a granted request, given the same Request (Ticket, Keys,
+//     Limits) with Now set to the time of the Cancel, and the Grant that
+//     Reserve returned, unchanged (its Token included). It comes before
+//     Start, for a request that was not used (its context ended), and, for
+//     KindEvent, at any time after Start too, for an event that was granted
+//     and then did not happen (Reservation.Cancel). On every key, with the
+//     key's limits in force: its slot is freed (KindSlot); its token is
+//     returned to the bucket (GCRA: the theoretical arrival time moves back
+//     by one emission interval, not before Now); a rolling-quota unit, the
+//     one stamped at the grant's Start, is removed if still in the window; a
+//     calendar-quota unit is given back only if the period it was counted in
+//     is still the current one at Now: never into a later period's count. A
+//     second Cancel of a granted ticket gives back nothing more (a store
+//     remembers a cancelled ticket at least for the idle timeout, so that a
+//     Cancel retried after a lost reply is harmless). For a request that was
+//     refused and is waiting, Cancel (given the zero Grant) removes its
 //     ticket from the queues. Cancel of an unknown ticket is a no-op.
 //  7. Release frees the slots req.Ticket holds on req.Keys. Release of a
 //     ticket that holds nothing is a no-op (the Governor releases once, but a
@@ -133,9 +143,11 @@ type Grant struct {
 	Wake <-chan struct{}
 	// Token is optional, opaque store data about a granted request, for the
 	// store's own Cancel: the Governor hands the Grant back to Cancel
-	// unchanged, Token included (contract 6). A store that stamps
-	// rolling-quota units by its own clock (Redis TIME) can put the exact
-	// stamp here, to remove that very unit on Cancel. "" is valid: stores
-	// that need nothing (MemoryStore) leave it empty.
+	// unchanged, Token included (contract 6). A store can put there what
+	// identifies the units the grant took: the exact stamp of its
+	// rolling-quota units when it stamps them by its own clock (Redis TIME),
+	// the time it counted the calendar-quota units at, to tell on Cancel
+	// whether that count is still the current one (MemoryStore puts that).
+	// "" is valid for stores that need nothing.
 	Token string
 }

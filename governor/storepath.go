@@ -28,8 +28,9 @@ func storeErr(err error) error {
 }
 
 // storeRun runs one request against g.store. It returns the Request of a
-// granted KindSlot request (its Ticket holds the slots).
-func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try bool) (Decision, *Request, error) {
+// granted request (for a KindSlot, its Ticket holds the slots); when gout is
+// not nil it receives the Grant, for a later Store.Cancel.
+func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try bool, gout *Grant) (Decision, *Request, error) {
 	for _, k := range keys {
 		if k == "" {
 			return Decision{}, nil, ErrInvalidKey
@@ -109,6 +110,9 @@ func (g *Governor) storeRun(ctx context.Context, kind Kind, keys []string, try b
 			}
 			if queued || start.After(first) {
 				d.Waited = g.now().Sub(first)
+			}
+			if gout != nil {
+				*gout = gr
 			}
 			return d, req, nil
 		}
