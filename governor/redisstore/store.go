@@ -422,6 +422,25 @@ func (s *Store) redisKeys(keys []string) []string {
 	return out
 }
 
+// cancelKeys is redisKeys and, last, the sorted set of cancelled event
+// tickets (a repeated Cancel of a granted event gives back nothing more).
+func (s *Store) cancelKeys(keys []string) []string {
+	return append(s.redisKeys(keys), s.pre+"cancelled")
+}
+
+// rememberMs is how long a cancelled event's ticket is remembered: the idle
+// timeout, or governor.DefaultIdleTimeout when keys never expire.
+func (s *Store) rememberMs() int64 {
+	if s.opt.IdleTimeout > 0 {
+		return max(s.opt.IdleTimeout.Milliseconds(), 1)
+	}
+	return governor.DefaultIdleTimeout.Milliseconds()
+}
+
+// localToken prefixes the Token of an event granted by the local store
+// (Degrade), so that its Cancel goes there even after Redis came back.
+const localToken = "local:"
+
 // args returns the common arguments of the script for n keys at now.
 func (s *Store) args(op string, now time.Time, n, extra int) []any {
 	a := make([]any, 0, 8+extra)
@@ -529,7 +548,7 @@ func (s *Store) Reserve(ctx context.Context, req *governor.Request) (governor.Gr
 		return governor.Grant{}, fmt.Errorf("redisstore: unexpected reply %v", res)
 	}
 	if granted == 1 {
-		g := governor.Grant{OK: true, Start: req.Now.Add(time.Duration(off))}
+		g := governor.Grant{OK: true, Start: req.Now.Add(time.Duration(off)), Token: str(r[4])}
 		if idx >= 0 {
 			g.Decision = governor.Decision{OK: true, Start: g.Start, Key: req.Keys[idx], Limit: governor.LimitKind(lim)}
 		}
@@ -601,6 +620,9 @@ func (s *Store) reserveLocal(ctx context.Context, req *governor.Request) (govern
 	if err != nil {
 		return g, err
 	}
+	if g.OK {
+		g.Token = localToken + g.Token // its Cancel goes to the local store
+	}
 	s.mu.Lock()
 	switch {
 	case g.OK:
@@ -629,8 +651,14 @@ func (s *Store) Cancel(ctx context.Context, req *governor.Request, g governor.Gr
 		s.fix = append(s.fix, h)
 	}
 	s.mu.Unlock()
-	if (w != nil && w.local) || (h != nil && h.local) || (w == nil && h == nil && s.useLocal()) {
+	local := (w != nil && w.local) || (h != nil && h.local) || (w == nil && h == nil && s.useLocal())
+	if g.OK && req.Kind == governor.KindEvent {
+		// events hold nothing: the token tells where the grant was made
+		local = strings.HasPrefix(g.Token, localToken)
+	}
+	if local {
 		if s.local != nil {
+			g.Token = strings.TrimPrefix(g.Token, localToken)
 			return s.local.Cancel(ctx, s.localRequest(req), g)
 		}
 		return nil
@@ -651,12 +679,16 @@ func (s *Store) Cancel(ctx context.Context, req *governor.Request, g governor.Gr
 	if g.OK {
 		undo = "1"
 	}
-	a := s.args("cancel", req.Now, len(req.Keys), 4+2*len(req.Keys))
-	a = append(a, kind, req.Ticket, undo, offset(g.Start, req.Now))
+	counted, stamp, _ := strings.Cut(g.Token, " ")
+	if stamp == "" {
+		counted = "" // not a token of this store: the script goes by g.Start
+	}
+	a := s.args("cancel", req.Now, len(req.Keys), 7+2*len(req.Keys))
+	a = append(a, kind, req.Ticket, undo, offset(g.Start, req.Now), counted, stamp, s.rememberMs())
 	for i, k := range req.Keys {
 		a = append(a, k, encodeLimits(req.Limits[i]))
 	}
-	if _, err := s.run(ctx, s.redisKeys(req.Keys), a); err != nil {
+	if _, err := s.run(ctx, s.cancelKeys(req.Keys), a); err != nil {
 		s.addPending(req.Ticket, req.Keys)
 		return err
 	}
@@ -906,12 +938,12 @@ func (s *Store) renew() {
 		return
 	}
 	for i, p := range pending {
-		a := s.args("cancel", now, len(p.keys), 4+2*len(p.keys))
-		a = append(a, "1", p.ticket, "2", "0")
+		a := s.args("cancel", now, len(p.keys), 7+2*len(p.keys))
+		a = append(a, "1", p.ticket, "2", "0", "", "", s.rememberMs())
 		for _, k := range p.keys {
 			a = append(a, k, "")
 		}
-		if _, err := s.run(ctx, s.redisKeys(p.keys), a); err != nil {
+		if _, err := s.run(ctx, s.cancelKeys(p.keys), a); err != nil {
 			s.mu.Lock()
 			s.pending = append(pending[i:], s.pending...)
 			s.mu.Unlock()

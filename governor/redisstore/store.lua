@@ -81,7 +81,7 @@ local function parseL(s)
 end
 
 local FIELDS = {'L', 'eff', 'ad', 'capAt', 'capU', 'lastDec', 'fail', 'rmul', 'rU', 'lrc',
-  'tat', 'ctat', 'qc', 'qE', 'qS', 'sU', 'sR', 'rsn', 'lu'}
+  'tat', 'ctat', 'qc', 'qE', 'qS', 'qF', 'sU', 'sR', 'rsn', 'lu'}
 
 -- load reads governor key i (1-based) with limits ls: always when force
 -- (the request's policy), else only when S has none.
@@ -256,7 +256,11 @@ local function quotaFull(e, qend)
     local qc = tonumber(e.qc) or 0
     local qe = rel(e.qE)
     if qe == nil or qe <= 0 or e.qS ~= l.qsig then
-      if qe == nil or qe <= 0 then qc = 0 end
+      if qe == nil or qe <= 0 then
+        -- a new count: units granted before now are not in it (see cancel)
+        qc = 0
+        set(e, 'qF', abs(0))
+      end
       qe = math.max(qend, 1) -- a period always ends after now
       set(e, 'qc', qc)
       set(e, 'qE', abs(qe))
@@ -409,18 +413,37 @@ if op == 'reserve' then
   if ok then
     local d = -1
     if ri >= 0 then d = ri - 1 end
-    return {1, I(rs), d, rk, ''}
+    -- the grant's token: when its calendar units were counted, and the
+    -- stamp of its rolling units (see cancel)
+    return {1, I(rs), d, rk, abs(0) .. ' ' .. abs(rs)}
   end
   return {0, I(vretry), vidx - 1, vlim, vreason}
 end
 
 if op == 'cancel' then
-  -- ARGV 9 kind, 10 ticket, 11 undo ('1': give back what the grant took),
-  -- 12 grant start offset; then per key: name, fallback limits.
-  -- ('2': only drop its holds, a clean-up after a lost reply)
+  -- ARGV 9 kind, 10 ticket, 11 undo ('1': give back what the grant took;
+  -- '2': only drop its holds, a clean-up after a lost reply), 12 grant start
+  -- offset, 13 when the grant counted its calendar units and 14 the stamp
+  -- of its rolling units (both stored times from the grant's token, or ''),
+  -- 15 how long a cancelled event's ticket is remembered (ms); then per
+  -- key: name, fallback limits. KEYS[2 + 5N] is the sorted set of
+  -- cancelled event tickets by when they are forgotten: a second cancel of
+  -- a granted event gives back nothing more.
   local kind, ticket, undo, tc = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12])
+  local counted, stamp, remember = ARGV[13], ARGV[14], tonumber(ARGV[15])
+  if undo == '1' and kind == '2' then
+    local C = KEYS[2 + 5 * N]
+    redis.call('ZREMRANGEBYSCORE', C, '-inf', NOWMS)
+    if redis.call('ZADD', C, 'NX', NOWMS + remember, ticket) == 0 then
+      undo = '0' -- cancelled already: only leave the queues
+    end
+    redis.call('PEXPIRE', C, remember)
+  end
+  -- the commit time of the grant: its token's, else its start (later or equal)
+  local cm = tc
+  if counted ~= '' then cm = rel(counted) end
   for i = 1, N do
-    local a = 12 + (i - 1) * 2
+    local a = 15 + (i - 1) * 2
     local e = load(i, ARGV[a + 1], ARGV[a + 2])
     local l = e.l
     if undo == '2' then
@@ -435,10 +458,16 @@ if op == 'cancel' then
         if l.ival > 0 and c and c > 0 then set(e, 'tat', abs(math.max(c - ivl(e, l.ival), 0))) end
         if l.qmax > 0 then
           if l.qcal ~= '0' then
-            local qe, qc = rel(e.qE), tonumber(e.qc) or 0
-            if qe and qe > 0 and qc > 0 then set(e, 'qc', qc - 1) end
+            -- only into the count the unit went into: the period must
+            -- still be current, and the count must not have restarted
+            -- (qF) since the grant
+            local qe, qc, qf = rel(e.qE), tonumber(e.qc) or 0, rel(e.qF)
+            if qe and qe > 0 and qc > 0 and (not qf or cm >= qf) then set(e, 'qc', qc - 1) end
+          elseif stamp ~= '' then
+            -- the very unit of this grant, if still in the window
+            redis.call('LREM', e.R, -1, stamp)
           else
-            -- the entry of this grant: exact with caller times, else nearest
+            -- no token: the entry nearest the grant's start
             local best, bd = nil, nil
             for _, v in ipairs(redis.call('LRANGE', e.R, 0, -1)) do
               local d = math.abs(rel(v) - tc)

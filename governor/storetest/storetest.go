@@ -93,6 +93,10 @@ func Run(t *testing.T, newStore func(t *testing.T) governor.Store) {
 		{"ReleaseIdempotent", releaseIdempotent},
 		{"RateReservesAheadAndDeadline", rateReservesAhead},
 		{"CancelGivesBack", cancelGivesBack},
+		{"CancelAfterStartRollingUnit", cancelAfterStartRolling},
+		{"CancelAfterCalendarPeriodEnded", cancelAfterPeriodEnded},
+		{"CancelTokenNotBeforeNow", cancelTokenNotBeforeNow},
+		{"CancelTwiceIsNoOp", cancelTwice},
 		{"ConnectionRateOnSlots", connectionRate},
 		{"CalendarQuotaInTimeZone", calendarQuota},
 		{"RollingQuota", rollingQuota},
@@ -201,6 +205,150 @@ func cancelGivesBack(h *harness) {
 	require.NoError(t, h.s.Release(h.ctx, rs), "release after cancel frees nothing more")
 	require.NoError(t, h.s.Cancel(h.ctx, h.req(governor.KindSlot, T0, lim, "s"), governor.Grant{}), "unknown ticket")
 	assert.Equal(t, 0, h.state(T0.Add(time.Second), "s").InFlight)
+}
+
+// cancel cancels the granted r at now.
+func (h *harness) cancel(r *governor.Request, g governor.Grant, now time.Time) {
+	h.t.Helper()
+	r.Now = now
+	require.NoError(h.t, h.s.Cancel(h.ctx, r, g))
+}
+
+// try reports whether a Try request over key would be granted at now (and
+// takes it if so), with the refusal's Decision.
+func (h *harness) try(now time.Time, lim governor.Limits, key string) governor.Grant {
+	h.t.Helper()
+	r := h.req(governor.KindEvent, now, lim, key)
+	r.Try = true
+	return h.reserve(r)
+}
+
+// An event granted, started and then not sent gives its rolling-quota unit
+// back: the one stamped at its Start, and none once that one left the window.
+func cancelAfterStartRolling(h *harness) {
+	t := h.t
+	lim := governor.Limits{Quota: governor.Quota{Max: 2, Window: time.Hour}}
+	r1 := h.req(governor.KindEvent, T0, lim, "r")
+	g1 := h.reserve(r1)
+	require.True(t, g1.OK)
+	r2 := h.req(governor.KindEvent, T0.Add(time.Minute), lim, "r")
+	g2 := h.reserve(r2)
+	require.True(t, g2.OK)
+	require.False(t, h.try(T0.Add(5*time.Minute), lim, "r").OK, "quota used up")
+	h.cancel(r1, g1, T0.Add(10*time.Minute)) // after its Start
+	assert.Equal(t, 1, h.state(T0.Add(10*time.Minute), "r").QuotaUsed, "the unit came back")
+	g := h.try(T0.Add(10*time.Minute), lim, "r")
+	require.True(t, g.OK, "the unit given back is usable")
+	// g2's unit (stamped T0+1m) left the window at T0+61m: cancelling it
+	// then must not remove the unit stamped at T0+10m.
+	h.cancel(r2, g2, T0.Add(65*time.Minute))
+	assert.Equal(t, 1, h.state(T0.Add(65*time.Minute), "r").QuotaUsed, "an expired unit gives nothing back")
+	g = h.try(T0.Add(65*time.Minute), lim, "r")
+	require.True(t, g.OK)
+	g = h.try(T0.Add(65*time.Minute), lim, "r")
+	require.False(t, g.OK, "two in the window")
+	assert.True(t, T0.Add(70*time.Minute).Equal(g.Decision.RetryAt), "retry at %v", g.Decision.RetryAt)
+}
+
+// A calendar-quota unit comes back only into the period it was counted in:
+// a unit of yesterday cancelled after midnight does not lower today's count.
+func cancelAfterPeriodEnded(h *harness) {
+	t := h.t
+	tokyo, err := time.LoadLocation("Asia/Tokyo")
+	require.NoError(t, err)
+	lim := governor.Limits{Quota: governor.PerDay(2, tokyo)}
+	late := time.Date(2031, 3, 7, 23, 58, 0, 0, tokyo)
+	midnight := time.Date(2031, 3, 8, 0, 0, 0, 0, tokyo)
+	r1 := h.req(governor.KindEvent, late, lim, "mb")
+	g1 := h.reserve(r1)
+	require.True(t, g1.OK)
+	r2 := h.req(governor.KindEvent, late.Add(time.Minute), lim, "mb")
+	g2 := h.reserve(r2)
+	require.True(t, g2.OK)
+	// Within the period, a cancel gives the unit back.
+	h.cancel(r2, g2, late.Add(90*time.Second))
+	assert.Equal(t, 1, h.state(late.Add(90*time.Second), "mb").QuotaUsed)
+	// After midnight: one taken on the new day, then yesterday's cancelled.
+	require.True(t, h.reserve(h.req(governor.KindEvent, midnight.Add(time.Minute), lim, "mb")).OK)
+	h.cancel(r1, g1, midnight.Add(2*time.Minute))
+	st := h.state(midnight.Add(2*time.Minute), "mb")
+	assert.Equal(t, 1, st.QuotaUsed, "yesterday's unit is not refunded into today")
+	require.True(t, h.try(midnight.Add(2*time.Minute), lim, "mb").OK)
+	g := h.try(midnight.Add(2*time.Minute), lim, "mb")
+	require.False(t, g.OK, "two used today")
+	assert.Equal(t, governor.LimitQuota, g.Decision.Limit)
+	// Cancelled after midnight before anything was taken on the new day:
+	// nothing comes back either.
+	lim2 := governor.Limits{Quota: governor.PerDay(1, tokyo)}
+	r3 := h.req(governor.KindEvent, late, lim2, "mb2")
+	g3 := h.reserve(r3)
+	require.True(t, g3.OK)
+	h.cancel(r3, g3, midnight.Add(time.Minute))
+	require.True(t, h.reserve(h.req(governor.KindEvent, midnight.Add(2*time.Minute), lim2, "mb2")).OK)
+	assert.False(t, h.try(midnight.Add(2*time.Minute), lim2, "mb2").OK, "one per day")
+}
+
+// A cancel returns the event's rate token: the bucket's theoretical arrival
+// time moves back one interval, but never before now (no credit beyond the
+// burst).
+func cancelTokenNotBeforeNow(h *harness) {
+	t := h.t
+	lim := governor.Limits{Rate: rate.Every(time.Minute), Burst: 2}
+	r1 := h.req(governor.KindEvent, T0, lim, "k")
+	g1 := h.reserve(r1)
+	require.True(t, g1.OK)
+	r2 := h.req(governor.KindEvent, T0, lim, "k")
+	g2 := h.reserve(r2)
+	require.True(t, g2.OK)
+	assert.True(t, T0.Equal(g2.Start), "the burst: start %v", g2.Start)
+	at := T0.Add(30 * time.Second)
+	require.False(t, h.try(at, lim, "k").OK, "no token before T0+1m")
+	h.cancel(r1, g1, at) // after its Start
+	assert.InDelta(t, 1.5, h.state(at, "k").Tokens, 1e-6, "one token back, half of one refilled")
+	r3 := h.req(governor.KindEvent, at, lim, "k")
+	g3 := h.reserve(r3)
+	require.True(t, g3.OK)
+	assert.True(t, at.Equal(g3.Start), "the token given back is usable now: start %v", g3.Start)
+	g := h.try(at, lim, "k")
+	require.False(t, g.OK)
+	assert.True(t, T0.Add(time.Minute).Equal(g.Decision.RetryAt), "retry at %v", g.Decision.RetryAt)
+	// At T0+90s the bucket holds 1.5 tokens: two cancels fill it, no more.
+	later := T0.Add(90 * time.Second)
+	h.cancel(r2, g2, later)
+	h.cancel(r3, g3, later)
+	assert.InDelta(t, 2, h.state(later, "k").Tokens, 1e-6, "full, never more than the burst")
+	require.True(t, h.try(later, lim, "k").OK)
+	require.True(t, h.try(later, lim, "k").OK)
+	g = h.try(later, lim, "k")
+	require.False(t, g.OK, "no credit beyond the burst")
+	assert.True(t, later.Add(time.Minute).Equal(g.Decision.RetryAt), "retry at %v", g.Decision.RetryAt)
+}
+
+// A second cancel of a granted event gives back nothing more.
+func cancelTwice(h *harness) {
+	t := h.t
+	lim := governor.Limits{Rate: rate.Every(time.Minute), Burst: 3, Quota: governor.Quota{Max: 3, Window: time.Hour}}
+	cal := governor.Limits{Quota: governor.PerDay(3, time.UTC)}
+	for _, c := range []struct {
+		key string
+		lim governor.Limits
+	}{{"rolling", lim}, {"calendar", cal}} {
+		var rs []*governor.Request
+		var gs []governor.Grant
+		for range 3 {
+			r := h.req(governor.KindEvent, T0, c.lim, c.key)
+			g := h.reserve(r)
+			require.True(t, g.OK, c.key)
+			rs, gs = append(rs, r), append(gs, g)
+		}
+		h.cancel(rs[0], gs[0], T0.Add(time.Second))
+		h.cancel(rs[0], gs[0], T0.Add(2*time.Second))
+		h.cancel(rs[0], gs[0], T0.Add(3*time.Second))
+		assert.Equal(t, 2, h.state(T0.Add(3*time.Second), c.key).QuotaUsed, "%s: one unit back", c.key)
+		require.True(t, h.try(T0.Add(3*time.Second), c.lim, c.key).OK, c.key)
+		g := h.try(T0.Add(3*time.Second), c.lim, c.key)
+		assert.False(t, g.OK, "%s: one event given back, not three", c.key)
+	}
 }
 
 func connectionRate(h *harness) {
