@@ -128,8 +128,10 @@ type session struct {
 	idleBuf    []*session // an idle list's array, kept across take and put
 
 	// closeRaw closes raw; built once, so that each transaction's
-	// context.AfterFunc does not allocate a closure.
+	// context.AfterFunc does not allocate a closure. stopBase undoes its
+	// registration on the Sender's base context.
 	closeRaw func()
+	stopBase func() bool
 
 	// What the receiver offered in EHLO (for the transaction).
 	pipelining   bool // RFC 2920, and not Config.DisablePipelining
@@ -321,6 +323,9 @@ func (s *Sender) dialSession(ctx context.Context, rt *route, h routeHost, src ne
 		closeRaw: func() { raw.Close() },
 		br:       bufio.NewReader(track),
 	}
+	// Close closes every connection when it gives up waiting; each Send's
+	// context need not carry that (see sendCtx).
+	ss.stopBase = context.AfterFunc(s.base, ss.closeRaw)
 	ss.pipelining, _ = c.Extension("PIPELINING")
 	ss.pipelining = ss.pipelining && !s.cfg.DisablePipelining
 	ss.eightBitMIME, _ = c.Extension("8BITMIME")
@@ -377,6 +382,9 @@ func (ss *session) close(ctx context.Context, quit bool) {
 			stop()
 		}
 		ss.raw.Close()
+		if ss.stopBase != nil {
+			ss.stopBase()
+		}
 		ss.broken = true
 		ss.s.learn.closed(poolKey{ss.sourceIP, ss.site}, graceful)
 		if ss.permit != nil {
@@ -429,7 +437,7 @@ func perConnectionCap(text string) bool {
 // cancellation or deadline) wins over the network error it caused.
 func (s *Sender) errOutcome(ctx context.Context, err error) *outcome {
 	if ctx.Err() != nil && !isSMTPError(err) {
-		err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		err = fmt.Errorf("%w (%w)", causeOf(ctx), err)
 	}
 	o := &outcome{err: err}
 	if r, ok := smtpcode.FromError(err); ok {
@@ -439,6 +447,15 @@ func (s *Sender) errOutcome(ctx context.Context, err error) *outcome {
 	}
 	o.class = smtpcode.ClassifyError(err)
 	return o
+}
+
+// causeOf is context.Cause, or Err when Cause knows nothing (a sendCtx
+// whose Sender was closed while its caller's context is still live).
+func causeOf(ctx context.Context) error {
+	if c := context.Cause(ctx); c != nil {
+		return c
+	}
+	return ctx.Err()
 }
 
 func (s *Sender) localPtr(r smtpcode.Reply, err error) *outcome {

@@ -100,6 +100,7 @@ type Sender struct {
 
 	base       context.Context // cancelled when Close gives up waiting
 	cancelBase context.CancelFunc
+	aborted    atomic.Bool // set just before base is cancelled
 
 	mu       sync.Mutex
 	closed   bool
@@ -186,15 +187,22 @@ func (s *Sender) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		s.cancelBase()
+		s.abort()
 		<-done
 	}
-	stop := context.AfterFunc(ctx, s.cancelBase)
+	stop := context.AfterFunc(ctx, s.abort)
 	s.pool.drain()
 	s.bg.Wait()
 	stop()
-	s.cancelBase()
+	s.abort()
 	return err
+}
+
+// abort cancels what is still running: Sends in flight (sendCtx), their
+// connections (each is registered on base) and pooled connections' QUIT.
+func (s *Sender) abort() {
+	s.aborted.Store(true)
+	s.cancelBase()
 }
 
 func (s *Sender) enter() bool {
@@ -288,9 +296,63 @@ type sendState struct {
 	res   []Result
 	// started is when Send began; MaxWait counts from it.
 	started time.Time
-	// cancel and stopBase undo begin's context; end calls them.
-	cancel   context.CancelFunc
-	stopBase func() bool
+	ctx     *sendCtx
+}
+
+// sendCtx is a Send's context: the caller's, done too when Close gives up
+// waiting. It builds a cancellable context (registered on the Sender's
+// base) only when something needs its Done channel: a wait, a dial, a DNS
+// lookup. A Send that takes a pooled connection and waits for nothing
+// costs no context of its own; its connection is registered on base
+// instead, once for its whole life (dialSession).
+type sendCtx struct {
+	context.Context // the caller's
+	s               *Sender
+	once            sync.Once
+	built           atomic.Bool // inner, cancel and stop are set
+	inner           context.Context
+	cancel          context.CancelFunc
+	stop            func() bool
+}
+
+func (c *sendCtx) build() context.Context {
+	c.once.Do(func() {
+		c.inner, c.cancel = context.WithCancel(c.Context)
+		c.stop = context.AfterFunc(c.s.base, c.cancel)
+		c.built.Store(true)
+	})
+	return c.inner
+}
+
+func (c *sendCtx) Done() <-chan struct{} { return c.build().Done() }
+
+// Err is the caller's error, or context.Canceled once Close gave up; it
+// builds nothing.
+func (c *sendCtx) Err() error {
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
+	if c.s.aborted.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+
+// Value answers from the built context when there is one, so that
+// contexts derived from c find its cancellation (context's fast path).
+func (c *sendCtx) Value(key any) any {
+	if c.built.Load() {
+		return c.inner.Value(key)
+	}
+	return c.Context.Value(key)
+}
+
+// release undoes build, if it ran; the Send is over.
+func (c *sendCtx) release() {
+	if c.built.Load() {
+		c.stop()
+		c.cancel()
+	}
 }
 
 // begin admits one Send or SendNetSMTP call: it counts the call in flight
@@ -306,17 +368,15 @@ func (s *Sender) begin(ctx context.Context, msg *Message) (*sendState, context.C
 		s.inflight.Done()
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	now := time.Now()
 	st := &sendState{
-		s:        s,
-		p:        p,
-		src:      cmp.Or(p.sourceIP, s.cfg.SourceIP),
-		first:    p.firstTime,
-		res:      make([]Result, len(p.rcpts)),
-		started:  now,
-		cancel:   cancel,
-		stopBase: context.AfterFunc(s.base, cancel),
+		s:       s,
+		p:       p,
+		src:     cmp.Or(p.sourceIP, s.cfg.SourceIP),
+		first:   p.firstTime,
+		res:     make([]Result, len(p.rcpts)),
+		started: now,
+		ctx:     &sendCtx{Context: ctx, s: s},
 	}
 	if st.first.IsZero() {
 		st.first = now
@@ -324,13 +384,12 @@ func (s *Sender) begin(ctx context.Context, msg *Message) (*sendState, context.C
 	for i, r := range p.rcpts {
 		st.res[i].Recipient = r.addr
 	}
-	return st, ctx, nil
+	return st, st.ctx, nil
 }
 
 // end releases what begin took.
 func (st *sendState) end() {
-	st.stopBase()
-	st.cancel()
+	st.ctx.release()
 	st.s.inflight.Done()
 }
 

@@ -152,3 +152,48 @@ func TestWaitContextErr(t *testing.T) {
 		})
 	}
 }
+
+// sendCtx: the caller's values and deadline; Err and Done follow the
+// caller's context and Close's giving up; Done is built only when asked
+// for, and derived contexts are cancelled with it.
+func TestSendCtx(t *testing.T) {
+	type key struct{}
+	base, cancelBase := context.WithCancel(context.Background())
+	s := &Sender{base: base, cancelBase: cancelBase}
+	caller, cancelCaller := context.WithDeadline(context.WithValue(context.Background(), key{}, "v"), time.Now().Add(time.Hour))
+	defer cancelCaller()
+
+	c := &sendCtx{Context: caller, s: s}
+	assert.Equal(t, "v", c.Value(key{}))
+	dl, ok := c.Deadline()
+	assert.True(t, ok)
+	assert.False(t, dl.IsZero())
+	assert.NoError(t, c.Err())
+	assert.False(t, c.built.Load(), "nothing built yet")
+
+	derived, cancelDerived := context.WithCancel(c) // builds c
+	defer cancelDerived()
+	assert.True(t, c.built.Load())
+	assert.Equal(t, "v", derived.Value(key{}))
+
+	s.abort()
+	assert.ErrorIs(t, c.Err(), context.Canceled)
+	assert.ErrorIs(t, causeOf(c), context.Canceled)
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Done not closed after abort")
+	}
+	<-derived.Done()
+	c.release()
+
+	// Aborted before anything was built: Err says so, and causeOf too,
+	// though context.Cause finds the caller's live context.
+	s2 := &Sender{}
+	s2.base, s2.cancelBase = context.WithCancel(context.Background())
+	c2 := &sendCtx{Context: caller, s: s2}
+	s2.abort()
+	assert.ErrorIs(t, c2.Err(), context.Canceled)
+	assert.ErrorIs(t, causeOf(c2), context.Canceled)
+	c2.release()
+}

@@ -71,9 +71,20 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 		return res, o
 	}
 
-	stop := context.AfterFunc(ctx, ss.closeRaw)
+	// ctx cancellation closes the connection. A Send's context is watched
+	// through its caller's (Close's own cancellation reaches the connection
+	// through its registration on the Sender's base), and not at all when
+	// the caller's cannot be cancelled.
+	watch := ctx
+	if sc, ok := ctx.(*sendCtx); ok {
+		watch = sc.Context
+	}
+	stop := func() bool { return true }
+	if watch.Done() != nil {
+		stop = context.AfterFunc(watch, ss.closeRaw)
+	}
 	defer func() {
-		if !stop() {
+		if !stop() || ctx.Err() != nil {
 			ss.broken = true
 		}
 		ss.lastUsed = time.Now()
