@@ -16,6 +16,10 @@
 //     site and the caller's keys.
 //   - Take consumes an event: one Rate token and one Quota unit on each key,
 //     after a random Jitter delay. deliver takes one per message.
+//     TakeReservation does the same and returns a Reservation whose Cancel
+//     gives the token and the unit back when the event then does not happen
+//     (a message deferred for every recipient): a calendar unit only while
+//     its period lasts, a rolling unit only while it is in the window.
 //
 // Both take all their keys at once or nothing, in a fixed internal order, so
 // that two callers never deadlock; waiters on a key are served first come,
@@ -34,8 +38,10 @@
 //	if err != nil { ... }                 // a *WaitError: defer the messages
 //	defer conn.Release()                  // exactly once; more is harmless
 //	for _, msg := range batch {
-//		if _, err := g.Take(ctx, keys...); err != nil { ... } // rate, quota, window, jitter
+//		r, err := g.TakeReservation(ctx, keys...) // rate, quota, window, jitter
+//		if err != nil { ... }
 //		reply := send(msg)
+//		if nothingSent(reply) { r.Cancel() }    // every recipient deferred: give the event back
 //		g.Feedback(pairKey, governor.Signal{Kind: kindOf(reply), Started: conn.Acquired(), Reason: reply})
 //	}
 //

@@ -92,6 +92,35 @@ func ExampleQuota() {
 	// message 3 waits for quota until next day: true
 }
 
+// A mailbox sends at most 500 messages a day. A message takes one unit when
+// it starts; when it then goes to no recipient at all (every one deferred),
+// its unit is given back, so that its retries do not spend the quota again.
+func ExampleGovernor_TakeReservation() {
+	g, _ := governor.New(governor.Config{Policy: &governor.Policy{
+		Patterns: []governor.Pattern{{Match: "mailbox:*", Limits: governor.Limits{
+			Quota: governor.PerDay(500, time.UTC),
+		}}},
+	}})
+	const mailbox = "mailbox:alice@example.org"
+	send := func(deliverable bool) {
+		r, err := g.TakeReservation(context.Background(), mailbox)
+		if err != nil {
+			return // a *WaitError: defer the message
+		}
+		if !deliverable { // every recipient deferred: nothing was sent
+			_ = r.Cancel()
+		}
+	}
+	used := func() int { s, _ := g.Snapshot(); return s[0].QuotaUsed }
+	send(true)
+	fmt.Println("sent:", used(), "of 500 used")
+	send(false)
+	fmt.Println("deferred:", used(), "of 500 used")
+	// Output:
+	// sent: 1 of 500 used
+	// deferred: 1 of 500 used
+}
+
 // Adaptive feedback: a 421 4.4.5 halves the key's concurrency and holds it
 // at what the receiver accepted; successes grow it back.
 func ExampleGovernor_Feedback() {
