@@ -35,7 +35,7 @@ func newLimiter(cfg Config) (limiter, error) {
 }
 
 // acquire takes a connection slot on keys. When it has to wait, it hands
-// the wait's cancel function to onWait: cancelling with errWoken (an idle
+// the wait's cancel function to onWait (nil: nobody ends it early): cancelling with errWoken (an idle
 // connection to reuse appeared) makes it give up with errWoken. No
 // goroutine watches for that: the pool calls the function itself.
 func (l limiter) acquire(ctx context.Context, keys []string, onWait func(context.CancelCauseFunc)) (permit, governor.Decision, error) {
@@ -48,7 +48,9 @@ func (l limiter) acquire(ctx context.Context, keys []string, onWait func(context
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	onWait(cancel)
+	if onWait != nil {
+		onWait(cancel)
+	}
 	p, err = l.g.Acquire(ctx, keys...)
 	if err != nil {
 		var we *governor.WaitError

@@ -3,6 +3,7 @@ package deliver
 import (
 	"context"
 	"errors"
+	"net/netip"
 	netsmtp "net/smtp"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sluicemail/sluice/deliver/delivertest"
+	"github.com/sluicemail/sluice/governor"
 	"github.com/sluicemail/sluice/smtpcode"
 )
 
@@ -132,5 +134,32 @@ func TestSendMail(t *testing.T) {
 		err = SendMail(srv.Addr(), nil, "sender@example.org", nil, []byte("x\n"))
 		require.True(t, errors.Is(err, ErrNoRecipients))
 		assert.Equal(t, 2, srv.MessageCount())
+	})
+}
+
+// SendNetSMTP waits for a connection slot like Send (regression: the wait
+// used to call a nil wake-up hook).
+func TestSendNetSMTPWaitsForSlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{})
+		gov, err := governor.New(governor.Config{Policy: &governor.Policy{Default: governor.Limits{MaxConcurrency: 1}}})
+		require.NoError(t, err)
+		h := newHarness(t, srv, func(c *Config) { c.Governor = gov; c.MaxWait = -1 })
+		h.gov = gov
+		held, err := gov.Acquire(t.Context(), connKeys(netip.Addr{}, "delivertest.invalid")...)
+		require.NoError(t, err)
+		go func() {
+			time.Sleep(time.Minute)
+			held.Release()
+		}()
+		c := netsmtpClient(t, srv)
+		host := strings.Split(srv.Addr(), ":")[0]
+		start := time.Now()
+		res, err := h.s.SendNetSMTP(t.Context(), c, host, msg("a@example.test"))
+		require.NoError(t, err)
+		assert.Equal(t, Delivered, res[0].Status, "%+v", res[0])
+		assert.Equal(t, time.Minute, time.Since(start))
+		require.NoError(t, c.Quit())
+		h.close()
 	})
 }
