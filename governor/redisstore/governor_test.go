@@ -242,3 +242,44 @@ func TestNoLostWakeups(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A Governor on Redis gives an event back with Reservation.Cancel: its
+// calendar and rolling quota units and its token, on the callers' clock and
+// on Redis's (ServerTime, where the rolling unit is stamped by TIME).
+func TestReservationCancel(t *testing.T) {
+	addr := needRedis(t)
+	tests := []struct {
+		name string
+		opt  redisstore.Options
+		lim  governor.Limits
+	}{
+		{"calendar", redisstore.Options{}, governor.Limits{Quota: governor.PerDay(2, time.UTC)}},
+		{"rolling", redisstore.Options{}, governor.Limits{Quota: governor.Quota{Max: 2, Window: time.Hour}}},
+		{"rolling, server time", redisstore.Options{ServerTime: true}, governor.Limits{Quota: governor.Quota{Max: 2, Window: time.Hour}}},
+		{"rate", redisstore.Options{}, governor.Limits{Rate: 1.0 / 3600, Burst: 2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := newStore(t, addr, tt.opt)
+			g, err := governor.New(governor.Config{Policy: &governor.Policy{Default: tt.lim}, Store: st})
+			require.NoError(t, err)
+			const key = "mailbox:alice@example.org"
+			r, err := g.TakeReservation(t.Context(), key)
+			require.NoError(t, err)
+			require.True(t, r.Decision().OK)
+			_, err = g.Take(t.Context(), key)
+			require.NoError(t, err)
+			d, err := g.TryTake(key)
+			require.NoError(t, err)
+			require.False(t, d.OK, "used up")
+			require.NoError(t, r.Cancel())
+			require.NoError(t, r.Cancel(), "a second Cancel is a no-op")
+			d, err = g.TryTake(key)
+			require.NoError(t, err)
+			require.True(t, d.OK, "given back: %v", d)
+			d, err = g.TryTake(key)
+			require.NoError(t, err)
+			require.False(t, d.OK, "given back once")
+		})
+	}
+}
