@@ -40,6 +40,14 @@
 // falls back to EVAL when the server lost it), so an Acquire of any number
 // of keys is all-or-nothing in one round trip, and so is its Release.
 //
+// A granted event can be given back (governor.Reservation.Cancel, even
+// after its Start): its Grant.Token carries when its calendar units were
+// counted and the exact stamp of its rolling units, so that Cancel removes
+// that very rolling unit and gives a calendar unit back only while its
+// count is the current one. Cancelled event tickets are remembered for the
+// idle timeout ("{Prefix}:cancelled"), so a repeated Cancel gives nothing
+// more; an event granted by the Degrade store is cancelled there.
+//
 // # Time
 //
 // By default decisions use the times the Governor passes (the Store
