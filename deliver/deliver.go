@@ -229,10 +229,11 @@ func (s *Sender) Send(ctx context.Context, msg *Message) ([]Result, error) {
 	defer st.end()
 	p := st.p
 
-	// The caller's keys (mailbox, tenant) count once per message.
+	// The caller's keys (mailbox, tenant) count once per message, unless
+	// it is not sent after all (giveBackKeys).
 	if len(p.keys) > 0 {
 		wctx := s.newWaitCtx(ctx)
-		o, retryAt := s.take(wctx, "", p.keys)
+		o, retryAt := st.takeKeys(wctx)
 		wctx.stop()
 		if o != nil {
 			for i := range st.res {
@@ -297,6 +298,9 @@ type sendState struct {
 	// started is when Send began; MaxWait counts from it.
 	started time.Time
 	ctx     *sendCtx
+	// keys is the message's unit on Message.Keys, given back by
+	// giveBackKeys when the message is not sent.
+	keys *governor.Reservation
 }
 
 // sendCtx is a Send's context: the caller's, done too when Close gives up
@@ -355,6 +359,41 @@ func (c *sendCtx) release() {
 	}
 }
 
+// takeKeys takes the message's unit on the caller's keys (Message.Keys),
+// keeping the reservation for giveBackKeys. It returns nil, or the outcome
+// and retry-at of a wait that gave up.
+func (st *sendState) takeKeys(ctx context.Context) (*outcome, time.Time) {
+	s := st.s
+	r, dec, err := s.lim.takeReservation(ctx, st.p.keys)
+	if s.cfg.Hooks.Wait != nil && (err != nil || dec.Waited > 0) {
+		s.cfg.Hooks.Wait(WaitInfo{Keys: st.p.keys, Decision: dec, Err: err})
+	}
+	if err != nil {
+		return &outcome{err: err, class: smtpcode.ClassifyError(err)}, dec.RetryAt
+	}
+	st.keys = r
+	return nil, time.Time{}
+}
+
+// giveBackKeys gives the caller's keys their unit back when the message
+// was not sent: every recipient Deferred, none possibly delivered. Its
+// retry takes the unit again, so a quota counts messages sent, not tries.
+// A message with a recipient delivered or bounced keeps its unit.
+func (st *sendState) giveBackKeys() {
+	if st.keys == nil {
+		return
+	}
+	for i := range st.res {
+		if st.res[i].Status != Deferred || st.res[i].PossiblyDelivered {
+			return
+		}
+	}
+	if err := st.keys.Cancel(); err != nil && st.s.cfg.Logger != nil {
+		st.s.cfg.Logger.LogAttrs(context.Background(), slog.LevelWarn, "deliver: giving back the message's keys failed",
+			slog.Any("keys", st.p.keys), slog.Any("err", err))
+	}
+}
+
 // begin admits one Send or SendNetSMTP call: it counts the call in flight
 // (so Close waits for it), validates msg, and returns the call's state and
 // a context that Close cancels when it gives up waiting. On success the
@@ -401,6 +440,7 @@ func (st *sendState) results(msg *Message) []Result {
 			st.finish(i, &outcome{err: errNotAttempted, class: smtpcode.ClassifyError(errNotAttempted)}, time.Time{})
 		}
 	}
+	st.giveBackKeys()
 	// With no duplicate recipients, Message.To and st.res are in the same
 	// order and st.res (not used after this) is the answer: one
 	// allocation less per Send.

@@ -654,6 +654,71 @@ func TestSendCallerKeyQuota(t *testing.T) {
 	})
 }
 
+// A message that is not sent (every recipient Deferred) gives its unit on
+// Message.Keys back, so that its retry does not count twice; one that
+// reached a final answer (delivered, bounced) or may have been delivered
+// keeps it.
+func TestSendCallerKeyGivenBackWhenNotSent(t *testing.T) {
+	reply := func(code int, enh, text string) delivertest.Reply {
+		return delivertest.Reply{Code: code, Enhanced: enh, Text: text}
+	}
+	tests := []struct {
+		name      string
+		fault     delivertest.Fault // on the first message only
+		first     Status
+		possibly  bool
+		givenBack bool
+	}{
+		{"deferred at MAIL", delivertest.Fault{Step: delivertest.StepMail, Action: delivertest.ActionReply, Reply: reply(451, "4.3.0", "Try later")}, Deferred, false, true},
+		{"deferred at RCPT", delivertest.Fault{Step: delivertest.StepRcpt, Action: delivertest.ActionReply, Reply: reply(450, "4.2.1", "Slow down")}, Deferred, false, true},
+		{"deferred after the dot", delivertest.Fault{Step: delivertest.StepDot, Action: delivertest.ActionReply, Reply: reply(451, "4.3.0", "Try later")}, Deferred, false, true},
+		{"bounced", delivertest.Fault{Step: delivertest.StepRcpt, Action: delivertest.ActionReply, Reply: reply(550, "5.1.1", "No such user")}, Bounced, false, false},
+		{"possibly delivered", delivertest.Fault{Step: delivertest.StepDot, Action: delivertest.ActionDrop}, Deferred, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fault := tt.fault
+				fault.Times = 1
+				srv := newPipeServer(t, delivertest.Config{Faults: []delivertest.Fault{fault}})
+				pol := DefaultPolicy()
+				pol.Patterns = append([]governor.Pattern{{Match: "mailbox:*", Limits: governor.Limits{Quota: governor.PerDay(1, time.UTC)}}}, pol.Patterns...)
+				gov, err := governor.New(governor.Config{Policy: pol})
+				require.NoError(t, err)
+				h := newHarness(t, srv, func(c *Config) { c.Governor = gov; c.MaxAttempts = 1 })
+				h.gov = gov
+				send := func() Result {
+					m := msg("a@example.test")
+					m.Keys = []string{"mailbox:sender@example.org"}
+					res, err := h.s.Send(t.Context(), m)
+					require.NoError(t, err)
+					return res[0]
+				}
+				r := send()
+				require.Equal(t, tt.first, r.Status, "%+v", r)
+				require.Equal(t, tt.possibly, r.PossiblyDelivered)
+				require.NotZero(t, r.Attempts)
+
+				// The retry: sent if the unit came back, held by the quota if not.
+				r = send()
+				if tt.givenBack {
+					assert.Equal(t, Delivered, r.Status, "%+v", r)
+				} else {
+					assert.Equal(t, Deferred, r.Status, "%+v", r)
+					assert.Zero(t, r.Attempts, "held by the quota, not attempted")
+					var we *governor.WaitError
+					assert.ErrorAs(t, r.Err, &we)
+				}
+				// Either way the day's one unit is spent now.
+				r = send()
+				assert.Equal(t, Deferred, r.Status)
+				assert.Zero(t, r.Attempts)
+				h.close()
+			})
+		})
+	}
+}
+
 func TestSendSMTPUTF8NotSupported(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv := newPipeServer(t, delivertest.Config{})

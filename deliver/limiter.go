@@ -79,6 +79,20 @@ func (l limiter) take(ctx context.Context, keys []string) (governor.Decision, er
 	return d, err
 }
 
+// takeReservation is take for the caller's keys, whose unit is given back
+// when the message is not sent after all (see Sender.giveBackKeys).
+func (l limiter) takeReservation(ctx context.Context, keys []string) (*governor.Reservation, governor.Decision, error) {
+	r, err := l.g.TakeReservation(ctx, keys...)
+	d := r.Decision()
+	if err != nil {
+		var we *governor.WaitError
+		if errors.As(err, &we) {
+			d = we.Decision
+		}
+	}
+	return r, d, err
+}
+
 func (l limiter) feedback(key string, s governor.Signal) {
 	_ = l.g.Feedback(key, s)
 }

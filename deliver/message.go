@@ -70,7 +70,9 @@ type Message struct {
 	Body io.Reader
 	// Keys are extra governor keys this message counts against, such as
 	// "mailbox:alice@example.org" or "tenant:acme". Each message takes one
-	// token (rate, quota) on each key; see the package doc.
+	// token (rate, quota) on each key; see the package doc. It is given
+	// back when the message is not sent (every recipient Deferred, none
+	// PossiblyDelivered), so that its retry does not count twice.
 	Keys []string
 	// SourceIP is the local address connections for this message are
 	// dialled from; the zero value uses Config.SourceIP.

@@ -69,7 +69,7 @@ func (s *Sender) SendNetSMTP(ctx context.Context, c *netsmtp.Client, host string
 	waitCtx := s.newWaitCtx(ctx)
 	defer waitCtx.stop()
 	if len(p.keys) > 0 {
-		if o, retryAt := s.take(waitCtx, "", p.keys); o != nil {
+		if o, retryAt := st.takeKeys(waitCtx); o != nil {
 			return finishAll(o, retryAt)
 		}
 	}

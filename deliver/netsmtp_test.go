@@ -163,3 +163,34 @@ func TestSendNetSMTPWaitsForSlot(t *testing.T) {
 		h.close()
 	})
 }
+
+// SendNetSMTP gives the message's unit on Message.Keys back too when the
+// message is not sent.
+func TestSendNetSMTPGivesKeysBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{Faults: []delivertest.Fault{{
+			Step: delivertest.StepMail, Action: delivertest.ActionReply, Times: 1,
+			Reply: delivertest.Reply{Code: 451, Enhanced: "4.3.0", Text: "Try later"},
+		}}})
+		pol := DefaultPolicy()
+		pol.Patterns = append([]governor.Pattern{{Match: "mailbox:*", Limits: governor.Limits{Quota: governor.PerDay(1, time.UTC)}}}, pol.Patterns...)
+		gov, err := governor.New(governor.Config{Policy: pol})
+		require.NoError(t, err)
+		h := newHarness(t, srv, func(c *Config) { c.Governor = gov })
+		h.gov = gov
+		c := netsmtpClient(t, srv)
+		host := strings.Split(srv.Addr(), ":")[0]
+		var statuses []Status
+		for range 3 {
+			m := msg("a@example.test")
+			m.Keys = []string{"mailbox:sender@example.org"}
+			res, err := h.s.SendNetSMTP(t.Context(), c, host, m)
+			require.NoError(t, err)
+			statuses = append(statuses, res[0].Status)
+		}
+		assert.Equal(t, []Status{Deferred, Delivered, Deferred}, statuses)
+		assert.Equal(t, 1, srv.MessageCount())
+		require.NoError(t, c.Quit())
+		h.close()
+	})
+}
