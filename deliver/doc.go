@@ -40,8 +40,11 @@
 // system picks it). Each transaction takes one message token on them, and
 // each message one token on its own Message.Keys (a sending mailbox, a
 // tenant): rate, daily quota, send window, jitter. The message's token is
-// taken when Send starts, so a message that is then deferred has used its
-// quota unit (the governor offers no give-back for a used token). [DefaultPolicy] allows 2
+// taken when Send starts, and given back (governor.Reservation) when the
+// message is not sent after all, every recipient Deferred and none
+// possibly delivered: its retry takes it again, so a quota counts
+// messages sent. Transaction tokens on the site's keys are not given back:
+// the receiver saw the attempt. [DefaultPolicy] allows 2
 // connections per source IP to Google, 4 to Yahoo, 5 to Microsoft and 5 to
 // everyone else; replace it with Config.Policy or Config.Governor.
 //
