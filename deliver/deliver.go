@@ -693,7 +693,7 @@ func (st *sendState) deliverDomain(ctx context.Context, domain string, idx []int
 				accepted++
 				st.res[i].Status = Delivered
 				st.res[i].Reply = lastOut.reply
-				st.res[i].Class = smtpcode.Classification{}
+				st.res[i].Class = lastOut.class
 				continue
 			}
 			o := r.out

@@ -96,6 +96,7 @@ func (s *Sender) SendNetSMTP(ctx context.Context, c *netsmtp.Client, host string
 			accepted++
 			st.res[i].Status = Delivered
 			st.res[i].Reply = last.reply
+			st.res[i].Class = last.class
 		default:
 			o := r.out
 			st.finish(i, &o, time.Time{})
@@ -200,7 +201,7 @@ func (s *Sender) netsmtpTransaction(ctx context.Context, c *netsmtp.Client, p *p
 	for _, i := range accepted {
 		res[i].delivered = true
 	}
-	return res, outcome{reply: okReply("")}
+	return res, outcome{reply: okReply(""), class: successClass}
 }
 
 // SendError is SendMail's error when some recipient was not delivered. It

@@ -42,6 +42,7 @@ func TestSendNetSMTP(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, res, 3)
 		assert.Equal(t, Delivered, res[0].Status)
+		assert.Equal(t, smtpcode.RuleSuccess, res[0].Class.Rule)
 		assert.Equal(t, Bounced, res[1].Status)
 		assert.Equal(t, smtpcode.UnknownUser, res[1].Class.Category)
 		assert.Equal(t, Delivered, res[2].Status)

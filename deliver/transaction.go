@@ -299,8 +299,12 @@ func (ss *session) transaction(ctx context.Context, p *prepared, rcpts []int) (r
 	if perr != nil || r.Code != code {
 		r = smtpcode.Reply{Code: code}
 	}
-	return res, outcome{reply: r}
+	return res, outcome{reply: r, class: successClass}
 }
+
+// successClass is how smtpcode classifies a 2xx reply (Rule RuleSuccess):
+// what a delivered recipient's Result.Class says.
+var successClass = smtpcode.Classification{Rule: smtpcode.RuleSuccess}
 
 // tooManyRecipients reports a reply that asks for fewer recipients per
 // transaction.

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sluicemail/sluice/deliver/delivertest"
+	"github.com/sluicemail/sluice/smtpcode"
 )
 
 // pipeliningModes runs a test with PIPELINING used (the default, as
@@ -357,5 +358,24 @@ func FuzzReadReply(f *testing.F) {
 				t.Fatalf("outcome code %d, read %d from %q", o.reply.Code, code, wire)
 			}
 		}
+	})
+}
+
+// A delivered recipient's Class is smtpcode's for a 2xx reply, as
+// Result.Class documents (not the zero Classification, which reads
+// "permanent other"); so is the Attempt hook's.
+func TestDeliveredClass(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newPipeServer(t, delivertest.Config{})
+		var attempt AttemptInfo
+		h := newHarness(t, srv, func(c *Config) { c.Hooks.Attempt = func(a AttemptInfo) { attempt = a } })
+		res, err := h.s.Send(t.Context(), msg("a@example.test"))
+		require.NoError(t, err)
+		require.Equal(t, Delivered, res[0].Status)
+		want := smtpcode.Classify(smtpcode.Reply{Code: 250})
+		assert.Equal(t, want, res[0].Class)
+		assert.Equal(t, smtpcode.RuleSuccess, res[0].Class.Rule)
+		assert.Equal(t, want, attempt.Class)
+		h.close()
 	})
 }
