@@ -41,7 +41,7 @@
 // Text patterns are plain case-insensitive substrings (no regular
 // expressions), looked for in a text lower-cased once: the first few
 // directly, then all of the classifier's patterns in one pass over the
-// text (each anchored on a rare trigram), after which a rule none of whose
+// text (each anchored on four rare bytes), after which a rule none of whose
 // patterns occurs is passed over with a bit test.
 // DefaultRules lists the built-in rules.
 //

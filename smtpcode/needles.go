@@ -2,30 +2,40 @@ package smtpcode
 
 import (
 	"bytes"
+	"encoding/binary"
 	mathbits "math/bits"
 	"strings"
 )
 
 // needleIndex finds, in one pass over a normalized text, every text
 // condition (needle) of a classifier that occurs in it. A reply that no
-// provider rule claims meets the generic MTA rules and their ~250 needles;
+// provider rule claims meets the generic MTA rules and their ~290 needles;
 // searching for each in turn costs microseconds, one pass costs about as
 // much as reading the text twice.
 //
-// Each needle is anchored on one of its trigrams, the one least likely to
-// appear in mail text. The pass hashes every trigram of the text, tests
-// the hash in a bit set of anchors, and only compares a needle with the
-// text where its anchor's hash occurs: a few positions per reply.
+// Each needle is anchored on four of its bytes (all three of a needle of
+// three), those least likely to appear in mail text. The pass reads the
+// text four bytes at a time at every position, looks the four up in a bit
+// set of anchors, and only compares a needle with the text where its
+// anchor occurs: a few positions per reply. (Anchors of three bytes met
+// text too often: "ing" or "acc" occur in most replies.)
+//
+// One lookup serves both lengths: the first three bytes choose a word of
+// the bit set and the fourth a bit in it, so a three-byte anchor is a word
+// with every bit set.
 type needleIndex struct {
 	needles [][]byte // by id, normalized
-	// anchors has a bit per trigram hash that anchors a needle: 2 KiB that
-	// stay in cache, so most text positions cost one bit test.
-	anchors [anchorKeys / 64]uint64
-	// starts[k]..starts[k+1] is the run of entries anchored on hash k
-	// (uint16 is enough: at most maxIndexedNeedles entries).
-	starts  []uint16
+	// anchors has a bit per anchor key, so most text positions cost one
+	// bit test in a table that stays in cache.
+	anchors [anchorWords]uint64
+	// starts[w]..starts[w+1] is the run of entries whose key lies in word
+	// w of anchors (uint16 is enough: at most maxIndexedNeedles entries);
+	// a word holds one or two anchors, so a run is short.
+	starts  [anchorWords + 1]uint16
 	entries []anchoredNeedle
-	// short lists needles under three bytes, which have no trigram; they
+	// text holds every indexed needle, back to back, for entries to slice.
+	text []byte
+	// short lists needles under three bytes, which have no anchor; they
 	// are searched for directly.
 	short []int32
 
@@ -72,11 +82,20 @@ func (ix *needleIndex) live(found *[maxIndexedNeedles / 64]uint64, live *[maxSki
 	}
 }
 
-const anchorKeys = 1 << 14
+// anchorWords is the number of words of anchor bits: with the default
+// needles about one text position in a hundred meets an anchor by
+// collision.
+const (
+	anchorWordBits = 11
+	anchorWords    = 1 << anchorWordBits
+)
 
 type anchoredNeedle struct {
-	id     int32
-	offset int32 // where the anchor trigram starts inside the needle
+	gram       uint32 // the anchor's bytes, little-endian
+	mask       uint32 // the bytes of gram that count: three or four
+	id         int32
+	offset     int32 // where the anchor starts inside the needle
+	start, end int32 // the needle in needleIndex.text
 }
 
 // maxIndexedNeedles bounds the needles whose presence the pass records (the
@@ -84,26 +103,28 @@ type anchoredNeedle struct {
 // very many user rules, are searched for directly.
 const maxIndexedNeedles = 1024
 
-// byteClass folds a byte into 6 bits for the anchor hash: letters, digits,
-// space and the punctuation rules use each get a class of their own; every
-// other byte shares class 0. A shared class only costs a comparison that
-// fails: the needle is always compared byte by byte.
-var byteClass = func() (t [256]uint8) {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 #()-.,'[]:;/_@!?<>=+&*%\"$"
-	for i := 0; i < len(alphabet); i++ {
-		t[alphabet[i]] = uint8(i + 1)
-	}
-	return t
-}()
+const mask24 = 1<<24 - 1
 
-// trigramKey hashes the classes of three bytes, rolled into 18 bits, down
-// to an anchor key.
-func trigramKey(rolled uint32) uint {
-	return uint((rolled&(1<<18-1))*0x9E3779B1>>(32-14)) & (anchorKeys - 1)
+// anchorWord hashes the first three bytes of w (four text bytes read
+// little-endian) to a word of the anchor bit set.
+func anchorWord(w uint32) uint {
+	return uint((w&mask24)*0x9E3779B1) >> (32 - anchorWordBits)
 }
 
-func trigramOf(a, b, c byte) uint32 {
-	return uint32(byteClass[a])<<12 | uint32(byteClass[b])<<6 | uint32(byteClass[c])
+// anchorKey is the key of the four bytes w: their word, and a bit in it
+// that the fourth byte chooses.
+func anchorKey(w uint32) uint { return anchorWord(w)<<6 | uint(w>>24&63) }
+
+// load32 reads b[i:i+4] little-endian. Reading the four bytes as one word
+// keeps text positions independent of each other, so that the processor
+// works on several at once.
+func load32(b []byte, i int) uint32 { return binary.LittleEndian.Uint32(b[i : i+4]) }
+
+// load24 reads three bytes as load32 reads four, the fourth taken as 0:
+// the last text position holds a three-byte anchor but no four-byte one.
+func load24(b []byte, i int) uint32 {
+	b = b[i : i+3]
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16
 }
 
 // byteRank: 0 for rare bytes (punctuation such as '[' or '#'), up to 27
@@ -133,74 +154,123 @@ func (ix *needleIndex) id(s []byte, ids map[string]int32) int32 {
 
 // build fills the anchor table once every needle has an id.
 func (ix *needleIndex) build() {
-	load := make([]int, anchorKeys) // needles already anchored per key
-	anchorOf := make([]int, len(ix.needles))
-	offsetOf := make([]int, len(ix.needles))
+	// Four bytes that several needles share come from words replies use
+	// often ("recipient", "account"): poor anchors.
+	shared := map[uint32]int{}
 	for id, n := range ix.needles {
-		anchorOf[id] = -1
 		if id >= maxIndexedNeedles {
-			continue
+			break
 		}
-		if len(n) < 3 {
-			ix.short = append(ix.short, int32(id))
-			continue
-		}
-		best, bestScore := 0, 0
-		for i := 0; i+2 < len(n); i++ {
-			k := trigramKey(trigramOf(n[i], n[i+1], n[i+2]))
-			// Spread needles over anchors too: one anchor shared by many
-			// needles (say "000" in "rl000001") costs a comparison each.
-			score := byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + 8*load[k]
-			if i == 0 || score < bestScore {
-				best, bestScore = i, score
+		seen := map[uint32]bool{}
+		for i := 0; i+3 < len(n); i++ {
+			if g := load32(n, i); !seen[g] {
+				seen[g] = true
+				shared[g]++
 			}
 		}
-		k := trigramKey(trigramOf(n[best], n[best+1], n[best+2]))
-		load[k]++
-		ix.anchors[k>>6] |= 1 << (k & 63)
-		anchorOf[id], offsetOf[id] = int(k), best
 	}
-	ix.starts = make([]uint16, anchorKeys+1)
-	for k := 0; k < anchorKeys; k++ {
-		ix.starts[k+1] = ix.starts[k] + uint16(load[k])
-	}
-	ix.entries = make([]anchoredNeedle, ix.starts[anchorKeys])
-	next := append([]uint16(nil), ix.starts[:anchorKeys]...)
-	for id, k := range anchorOf {
-		if k < 0 {
-			continue
+	load := make([]int, 64*anchorWords) // needles already anchored per key
+	var anchored []anchoredNeedle
+	for id, n := range ix.needles {
+		if id >= maxIndexedNeedles {
+			break
 		}
-		ix.entries[next[k]] = anchoredNeedle{id: int32(id), offset: int32(offsetOf[id])}
-		next[k]++
+		a := anchoredNeedle{id: int32(id), start: int32(len(ix.text)), end: int32(len(ix.text) + len(n))}
+		switch {
+		case len(n) < 3:
+			ix.short = append(ix.short, int32(id))
+			continue
+		case len(n) == 3:
+			// Whatever byte follows: every bit of the word.
+			a.gram, a.mask = load24(n, 0), mask24
+			ix.anchors[anchorWord(a.gram)] = ^uint64(0)
+		default:
+			best, bestScore := 0, 0
+			for i := 0; i+3 < len(n); i++ {
+				g := load32(n, i)
+				// Spread needles over keys too: one key shared by many
+				// needles ("l000" in "rl000001") costs a comparison each.
+				score := byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + byteRank(n[i+3]) +
+					8*load[anchorKey(g)] + 32*(shared[g]-1)
+				if i == 0 || score < bestScore {
+					best, bestScore = i, score
+				}
+			}
+			a.gram, a.mask, a.offset = load32(n, best), ^uint32(0), int32(best)
+			k := anchorKey(a.gram)
+			load[k]++
+			ix.anchors[k>>6] |= 1 << (k & 63)
+		}
+		ix.text = append(ix.text, n...)
+		anchored = append(anchored, a)
+	}
+	// Entries are grouped by word.
+	for _, a := range anchored {
+		ix.starts[anchorWord(a.gram)+1]++
+	}
+	for w := 1; w < len(ix.starts); w++ {
+		ix.starts[w] += ix.starts[w-1]
+	}
+	ix.entries = make([]anchoredNeedle, len(anchored))
+	next := ix.starts
+	for _, a := range anchored {
+		w := anchorWord(a.gram)
+		ix.entries[next[w]] = a
+		next[w]++
 	}
 }
 
 // scan sets in found the bit of every indexed needle that occurs in t.
+//
+// Positions are tested 64 at a time into a word of hits, without a branch,
+// and only then verified: a text position that meets an anchor is rare but
+// unpredictable, and a branch per position would be mispredicted on each.
 func (ix *needleIndex) scan(t []byte, found *[maxIndexedNeedles / 64]uint64) {
 	for _, id := range ix.short {
 		if bytes.Contains(t, ix.needles[id]) {
 			found[id>>6] |= 1 << (id & 63)
 		}
 	}
-	if len(t) < 3 {
-		return
+	anchors := &ix.anchors
+	for base := 0; base+4 <= len(t); base += 64 {
+		block := t[base:min(base+64+3, len(t))]
+		n := len(block) - 3
+		var hits uint64
+		for j := range n {
+			w := load32(block, j)
+			hits = hits>>1 | anchors[anchorWord(w)]>>(w>>24&63)<<63
+		}
+		hits >>= 64 - n
+		for hits != 0 {
+			j := base + mathbits.TrailingZeros64(hits)
+			hits &= hits - 1
+			ix.verify(t, j, load32(t, j), found)
+		}
 	}
-	rolled := uint32(byteClass[t[0]])<<6 | uint32(byteClass[t[1]])
-	for i := 2; i < len(t); i++ {
-		rolled = rolled<<6 | uint32(byteClass[t[i]])
-		if k := trigramKey(rolled); ix.anchors[k>>6]&(1<<(k&63)) != 0 {
-			ix.verify(t, i-2, k, found)
+	if i := len(t) - 3; i >= 0 {
+		// The last three bytes, for a needle of three.
+		if w := load24(t, i); ix.has(anchorKey(w)) {
+			ix.verify(t, i, w, found)
 		}
 	}
 }
 
-// verify compares with t the needles anchored on key k at t[i:].
-func (ix *needleIndex) verify(t []byte, i int, k uint, found *[maxIndexedNeedles / 64]uint64) {
+// has reports whether key k anchors a needle.
+func (ix *needleIndex) has(k uint) bool {
+	return ix.anchors[k>>6&(anchorWords-1)]&(1<<(k&63)) != 0
+}
+
+// verify compares with t the needles anchored on the word of w, the bytes
+// at t[i:].
+func (ix *needleIndex) verify(t []byte, i int, w uint32, found *[maxIndexedNeedles / 64]uint64) {
+	k := anchorWord(w)
 	for _, a := range ix.entries[ix.starts[k]:ix.starts[k+1]] {
+		if w&a.mask != a.gram { // a hash collision
+			continue
+		}
 		p := i - int(a.offset)
-		n := ix.needles[a.id]
-		// The first byte rules out most hash collisions without a call.
-		if p >= 0 && p+len(n) <= len(t) && t[p] == n[0] && bytes.Equal(t[p:p+len(n)], n) {
+		if end := p + int(a.end-a.start); p >= 0 && end <= len(t) &&
+			string(t[p:end]) == string(ix.text[a.start:a.end]) {
 			found[a.id>>6] |= 1 << (a.id & 63)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -222,5 +223,131 @@ func TestClassifyOutOfRangeCodes(t *testing.T) {
 			c := Classify(Reply{Code: code, Enhanced: e, Text: "too many connections"})
 			assert.NotEmpty(t, c.Rule, "%d %v", code, e)
 		}
+	}
+}
+
+// scanAgrees checks ix.scan against bytes.Contains, the reference, for
+// every needle of ix on text t.
+func scanAgrees(t *testing.T, ix *needleIndex, text []byte) {
+	t.Helper()
+	var found [maxIndexedNeedles / 64]uint64
+	ix.scan(text, &found)
+	for id, n := range ix.needles {
+		if id >= maxIndexedNeedles {
+			break
+		}
+		want := bytes.Contains(text, n)
+		if got := found[id>>6]&(1<<(id&63)) != 0; got != want {
+			t.Fatalf("text %q, needle %q: scan says %v, bytes.Contains %v", text, n, got, want)
+		}
+	}
+}
+
+// On every labelled reply, and on every prefix and suffix of it (needles
+// at the very end, texts across the pass's 64-position blocks), the
+// anchored scan finds exactly the needles bytes.Contains finds.
+func TestNeedleScanAgreesOnLabelledReplies(t *testing.T) {
+	raws := append([]string{benchOneLine, benchSixLine, benchFallback}, fuzzSeeds...)
+	for _, row := range loadLabelled(t, "testdata/replies_extra.tsv") {
+		raws = append(raws, row.raw)
+	}
+	if path := filepath.Join(sharedDir, "testdata", "replies.tsv"); fileExists(path) {
+		for _, row := range loadLabelled(t, path) {
+			raws = append(raws, row.raw)
+		}
+	}
+	ix := &defaultClassifier.needles
+	for _, raw := range raws {
+		r, _ := Parse(raw)
+		text := normalize(nil, r.Text)
+		scanAgrees(t, ix, normalize(nil, r.Text+" "+r.Text))
+		for i := range text {
+			scanAgrees(t, ix, text[:i])
+			if i < 70 {
+				scanAgrees(t, ix, text[i:])
+			}
+		}
+	}
+}
+
+// Every needle of the default rules, at every offset from 0 to past two
+// blocks, at the end of the text or followed by more: found, and nothing
+// else that bytes.Contains would not find.
+func TestNeedleScanEveryOffset(t *testing.T) {
+	ix := &defaultClassifier.needles
+	filler := strings.Repeat("the quick brown fox ", 8)
+	for _, n := range ix.needles {
+		for off := 0; off <= 140; off++ {
+			text := []byte(filler[:off] + string(n))
+			scanAgrees(t, ix, text)
+			scanAgrees(t, ix, append(text, " x"...))
+		}
+	}
+}
+
+// Random needles over a small alphabet share anchors, words and hash keys
+// far more than real ones do; three-byte needles, which own whole words of
+// the anchor set, mix with longer ones. The scan must still agree with
+// bytes.Contains, and the classifier with the rules read in order.
+func TestNeedleScanRandomClassifiers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	const alphabet = "ab c-"
+	word := func(min, max int) string {
+		b := make([]byte, min+rng.IntN(max-min+1))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	for range 200 {
+		var rules []Rule
+		for i := range 1 + rng.IntN(40) {
+			r := Rule{Name: "r" + strconv.Itoa(i), Class: 4 + rng.IntN(2)}
+			for range rng.IntN(3) {
+				r.Contains = append(r.Contains, word(1, 9))
+			}
+			for range rng.IntN(4) {
+				r.ContainsAny = append(r.ContainsAny, word(3, 9))
+			}
+			rules = append(rules, r)
+		}
+		c := NewClassifier(rules...)
+		for range 50 {
+			text := word(0, 150)
+			scanAgrees(t, &c.needles, normalize(nil, text))
+			r := Reply{Code: 450 + 100*rng.IntN(2), Enhanced: EnhancedCode{4, 7, 1}, Text: text}
+			want, ok := referenceRule(append(append([]Rule(nil), rules...), defaultRules...), r)
+			got := c.Classify(r)
+			if ok {
+				require.Equal(t, want, got.Rule, "%q", text)
+			}
+		}
+	}
+}
+
+// The eight-byte lowering carries "a space came before" from one word to
+// the next: texts of many words, with spaces, digits and white space at
+// every position, must normalize as the byte loop says.
+func TestNormalizeTextLongAgreesWithFields(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	const alphabet = "  aZ09\t\n\x80."
+	for range 20000 {
+		b := make([]byte, rng.IntN(120))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		words := strings.FieldsFunc(string(b), func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' })
+		wantDigit := false
+		for i, w := range words {
+			lw := []byte(w)
+			for j, c := range lw {
+				lw[j] = lowerTable[c]
+			}
+			words[i] = string(lw)
+			wantDigit = wantDigit || i > 0 && isDigit(w[0])
+		}
+		got, gotDigit := normalizeText(nil, string(b))
+		require.Equal(t, strings.Join(words, " "), string(got), "%q", b)
+		require.Equal(t, wantDigit, gotDigit, "%q", b)
 	}
 }

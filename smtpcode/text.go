@@ -113,6 +113,9 @@ func normalizeText(dst []byte, s string) (out []byte, digitWord bool) {
 // space but single spaces between words. It works eight bytes at a time
 // and also reports whether a word of s starts with a digit. ok is false,
 // and dst garbage, when s needs the byte-by-byte normalization.
+//
+// Each word is read once: whether the byte before a word's first byte is
+// a space is carried over from the word before.
 func lowerSimple(dst []byte, s string) (digitWord, ok bool) {
 	if s == "" {
 		return false, true
@@ -120,13 +123,15 @@ func lowerSimple(dst []byte, s string) (digitWord, ok bool) {
 	if isSpace(s[0]) || isSpace(s[len(s)-1]) {
 		return false, false
 	}
-	var digits, odd uint64
+	var digits, odd, carry uint64
 	i := 0
-	for ; i+9 <= len(s); i += 8 {
-		w, next := load64(s, i), load64(s, i+1)
+	for ; i+8 <= len(s); i += 8 {
+		w := load64(s, i)
 		spaces := spaceBytes(w)
-		digits |= spaces & digitBytes(next)
-		odd |= controlBytes(w)&^spaces | spaces&spaceBytes(next)
+		afterSpace := spaces<<8 | carry
+		carry = spaces >> 56
+		digits |= afterSpace & digitBytes(w)
+		odd |= controlBytes(w)&^spaces | afterSpace&spaces
 		binary.LittleEndian.PutUint64(dst[i:], lowerWord(w))
 	}
 	if odd != 0 {
@@ -135,7 +140,8 @@ func lowerSimple(dst []byte, s string) (digitWord, ok bool) {
 	digitWord = digits != 0
 	for ; i < len(s); i++ {
 		c := s[i]
-		if c < ' ' || c == ' ' && i+1 < len(s) && s[i+1] == ' ' {
+		// s[0] is no space: a space has a byte before it.
+		if c < ' ' || c == ' ' && s[i-1] == ' ' {
 			return false, false
 		}
 		dst[i] = lowerTable[c]
