@@ -86,6 +86,12 @@ type compiledRule struct {
 	// test per needle. masked is false when an id is past the bit set.
 	allMask, anyMask []needleWord
 	masked           bool
+	// scanFirst: the rule has text conditions and no code condition but
+	// its class. Such rules are tried on every failure reply of their
+	// class that no rule before claimed, and there are many (the generic
+	// text rules): by the first of them the reply is scanned for every
+	// needle at once rather than searched for needle by needle.
+	scanFirst bool
 }
 
 // needleWord is a set of needle ids that share one word of the bit set.
@@ -149,6 +155,7 @@ func newClassifier(rules []Rule) *Classifier {
 		}
 		cr.masked = !slices.ContainsFunc(cr.all, pastBitSet) && !slices.ContainsFunc(cr.any, pastBitSet)
 		cr.allMask, cr.anyMask = needleWords(cr.all), needleWords(cr.any)
+		cr.scanFirst = cr.masked && len(cr.all)+len(cr.any) > 0 && r.Code == 0 && r.Enhanced.IsZero()
 		c.rules[i] = cr
 		idx := int32(i)
 		switch {
@@ -377,6 +384,9 @@ func (cr *compiledRule) matches(r Reply, class int, ti *textIndex, ix *needleInd
 	}
 	if len(cr.all) == 0 && len(cr.any) == 0 {
 		return true
+	}
+	if cr.scanFirst && !ti.scanned {
+		ti.scan(ix)
 	}
 	if ti.scanned && cr.masked {
 		for _, w := range cr.allMask {

@@ -39,10 +39,11 @@
 // to it, however many there are; rules with text conditions only (the MTA
 // texts) are tried on every failure reply that nothing earlier claimed.
 // Text patterns are plain case-insensitive substrings (no regular
-// expressions), looked for in a text lower-cased once: the first few
-// directly, then all of the classifier's patterns in one pass over the
-// text (each anchored on four rare bytes), after which a rule none of whose
-// patterns occurs is passed over with a bit test.
+// expressions), looked for in a text lower-cased once: those of rules with
+// a code condition, the first few directly; then, and as soon as a rule
+// with text conditions only is reached, all of the classifier's patterns
+// in one pass over the text (each anchored on four rare bytes), after which
+// a rule none of whose patterns occurs is passed over with a bit test.
 // DefaultRules lists the built-in rules.
 //
 // # Transient or permanent, and when the codes disagree

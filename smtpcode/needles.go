@@ -15,14 +15,21 @@ import (
 //
 // Each needle is anchored on four of its bytes (all three of a needle of
 // three), those least likely to appear in mail text. The pass reads the
-// text four bytes at a time at every position, looks the four up in a bit
-// set of anchors, and only compares a needle with the text where its
-// anchor occurs: a few positions per reply. (Anchors of three bytes met
-// text too often: "ing" or "acc" occur in most replies.)
+// text four bytes at a time, looks the four up in a bit set of anchors,
+// and only compares a needle with the text where its anchor occurs: a few
+// positions per reply. (Anchors of three bytes met text too often: "ing"
+// or "acc" occur in most replies.)
 //
 // One lookup serves both lengths: the first three bytes choose a word of
 // the bit set and the fourth a bit in it, so a three-byte anchor is a word
 // with every bit set.
+//
+// The pass reads only every other position (the even ones), so a needle
+// of five bytes or more has two anchors side by side: wherever it occurs,
+// one of them starts at an even position. A needle of three or four bytes
+// at an odd position p+1 is found from the even position p through its
+// first three bytes, the last three of the four read at p, looked up in a
+// second, smaller table (odd).
 type needleIndex struct {
 	needles [][]byte // by id, normalized
 	// anchors has a bit per anchor key, so most text positions cost one
@@ -35,6 +42,12 @@ type needleIndex struct {
 	entries []anchoredNeedle
 	// text holds every indexed needle, back to back, for entries to slice.
 	text []byte
+	// odd marks the keys (oddKey) of the first three bytes of the needles
+	// of three and four bytes; oddStarts and oddEntries group them as
+	// starts and entries do.
+	odd        [oddKeys]uint8
+	oddStarts  [oddKeys + 1]uint16
+	oddEntries []anchoredNeedle
 	// short lists needles under three bytes, which have no anchor; they
 	// are searched for directly.
 	short []int32
@@ -83,8 +96,8 @@ func (ix *needleIndex) live(found *[maxIndexedNeedles / 64]uint64, live *[maxSki
 }
 
 // anchorWords is the number of words of anchor bits: with the default
-// needles about one text position in a hundred meets an anchor by
-// collision.
+// needles (two anchors each for most) about one bit in two hundred is set,
+// a third of them by the three-byte needles' whole words.
 const (
 	anchorWordBits = 11
 	anchorWords    = 1 << anchorWordBits
@@ -102,6 +115,16 @@ type anchoredNeedle struct {
 // bit set lives on the stack). Needles past it, only in classifiers with
 // very many user rules, are searched for directly.
 const maxIndexedNeedles = 1024
+
+// oddKeys is the number of keys of the table of needles of three and four
+// bytes (few: ten among the default rules).
+const (
+	oddKeyBits = 10
+	oddKeys    = 1 << oddKeyBits
+)
+
+// oddKey hashes three bytes (w's fourth must be 0) to a key of odd.
+func oddKey(w uint32) uint { return uint(w*0x9E3779B1) >> (32 - oddKeyBits) }
 
 const mask24 = 1<<24 - 1
 
@@ -170,7 +193,14 @@ func (ix *needleIndex) build() {
 		}
 	}
 	load := make([]int, 64*anchorWords) // needles already anchored per key
-	var anchored []anchoredNeedle
+	score := func(n []byte, i int) int {
+		g := load32(n, i)
+		// Spread needles over keys too: one key shared by many needles
+		// ("l000" in "rl000001") costs a comparison each.
+		return byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + byteRank(n[i+3]) +
+			8*load[anchorKey(g)] + 32*(shared[g]-1)
+	}
+	var anchored, odd []anchoredNeedle
 	for id, n := range ix.needles {
 		if id >= maxIndexedNeedles {
 			break
@@ -184,40 +214,59 @@ func (ix *needleIndex) build() {
 			// Whatever byte follows: every bit of the word.
 			a.gram, a.mask = load24(n, 0), mask24
 			ix.anchors[anchorWord(a.gram)] = ^uint64(0)
-		default:
-			best, bestScore := 0, 0
-			for i := 0; i+3 < len(n); i++ {
-				g := load32(n, i)
-				// Spread needles over keys too: one key shared by many
-				// needles ("l000" in "rl000001") costs a comparison each.
-				score := byteRank(n[i]) + byteRank(n[i+1]) + byteRank(n[i+2]) + byteRank(n[i+3]) +
-					8*load[anchorKey(g)] + 32*(shared[g]-1)
-				if i == 0 || score < bestScore {
-					best, bestScore = i, score
-				}
-			}
-			a.gram, a.mask, a.offset = load32(n, best), ^uint32(0), int32(best)
+			anchored = append(anchored, a)
+		case len(n) == 4:
+			a.gram, a.mask = load32(n, 0), ^uint32(0)
 			k := anchorKey(a.gram)
 			load[k]++
 			ix.anchors[k>>6] |= 1 << (k & 63)
+			anchored = append(anchored, a)
+		default:
+			// Two anchors side by side, at best and best+1.
+			best, bestScore := 0, 0
+			for i := 0; i+4 < len(n); i++ {
+				if sc := score(n, i) + score(n, i+1); i == 0 || sc < bestScore {
+					best, bestScore = i, sc
+				}
+			}
+			for i := best; i <= best+1; i++ {
+				a.gram, a.mask, a.offset = load32(n, i), ^uint32(0), int32(i)
+				k := anchorKey(a.gram)
+				load[k]++
+				ix.anchors[k>>6] |= 1 << (k & 63)
+				anchored = append(anchored, a)
+			}
+		}
+		if len(n) <= 4 {
+			// At an odd position: its first three bytes, one position on
+			// from an even one.
+			a.gram, a.mask, a.offset = load24(n, 0), mask24, 0
+			ix.odd[oddKey(a.gram)] = 1
+			odd = append(odd, a)
 		}
 		ix.text = append(ix.text, n...)
-		anchored = append(anchored, a)
 	}
-	// Entries are grouped by word.
-	for _, a := range anchored {
-		ix.starts[anchorWord(a.gram)+1]++
+	ix.entries = groupEntries(anchored, ix.starts[:], func(a anchoredNeedle) uint { return anchorWord(a.gram) })
+	ix.oddEntries = groupEntries(odd, ix.oddStarts[:], func(a anchoredNeedle) uint { return oddKey(a.gram) })
+}
+
+// groupEntries returns entries ordered by key and sets starts[k] to where
+// the run of key k begins (starts[k+1] where it ends).
+func groupEntries(entries []anchoredNeedle, starts []uint16, key func(anchoredNeedle) uint) []anchoredNeedle {
+	for _, a := range entries {
+		starts[key(a)+1]++
 	}
-	for w := 1; w < len(ix.starts); w++ {
-		ix.starts[w] += ix.starts[w-1]
+	for k := 1; k < len(starts); k++ {
+		starts[k] += starts[k-1]
 	}
-	ix.entries = make([]anchoredNeedle, len(anchored))
-	next := ix.starts
-	for _, a := range anchored {
-		w := anchorWord(a.gram)
-		ix.entries[next[w]] = a
-		next[w]++
+	out := make([]anchoredNeedle, len(entries))
+	next := append([]uint16(nil), starts...)
+	for _, a := range entries {
+		k := key(a)
+		out[next[k]] = a
+		next[k]++
 	}
+	return out
 }
 
 // scan sets in found the bit of every indexed needle that occurs in t.
@@ -225,34 +274,62 @@ func (ix *needleIndex) build() {
 // Positions are tested 64 at a time into a word of hits, without a branch,
 // and only then verified: a text position that meets an anchor is rare but
 // unpredictable, and a branch per position would be mispredicted on each.
+// Only even positions are read (see needleIndex): a hit at p stands for an
+// anchor at p or a needle of three or four bytes at p+1.
 func (ix *needleIndex) scan(t []byte, found *[maxIndexedNeedles / 64]uint64) {
 	for _, id := range ix.short {
 		if bytes.Contains(t, ix.needles[id]) {
 			found[id>>6] |= 1 << (id & 63)
 		}
 	}
-	anchors := &ix.anchors
-	for base := 0; base+4 <= len(t); base += 64 {
-		block := t[base:min(base+64+3, len(t))]
-		n := len(block) - 3
-		var hits uint64
-		for j := range n {
-			w := load32(block, j)
-			hits = hits>>1 | anchors[anchorWord(w)]>>(w>>24&63)<<63
-		}
-		hits >>= 64 - n
+	anchors, odd := &ix.anchors, &ix.odd
+	for base := 0; base+4 <= len(t); base += 128 {
+		hits := evenHits(anchors, odd, t[base:min(base+128+2, len(t))])
 		for hits != 0 {
-			j := base + mathbits.TrailingZeros64(hits)
+			p := base + 2*mathbits.TrailingZeros64(hits)
 			hits &= hits - 1
-			ix.verify(t, j, load32(t, j), found)
+			w := load32(t, p)
+			k := anchorWord(w)
+			ix.verify(t, p, w, ix.entries[ix.starts[k]:ix.starts[k+1]], found)
+			if k := oddKey(w >> 8); odd[k] != 0 {
+				ix.verify(t, p+1, w>>8, ix.oddEntries[ix.oddStarts[k]:ix.oddStarts[k+1]], found)
+			}
 		}
 	}
 	if i := len(t) - 3; i >= 0 {
-		// The last three bytes, for a needle of three.
+		// The last three bytes, for a needle of three at an even position
+		// (one at an odd position is found from the position before).
 		if w := load24(t, i); ix.has(anchorKey(w)) {
-			ix.verify(t, i, w, found)
+			k := anchorWord(w)
+			ix.verify(t, i, w, ix.entries[ix.starts[k]:ix.starts[k+1]], found)
 		}
 	}
+}
+
+// evenHits tests the even positions of block (up to 64) that have four
+// bytes: bit j of the result is set when position 2j meets an anchor, or
+// position 2j+1 the first three bytes of a needle of three or four.
+//
+// A function of its own, too large to be inlined, so that the loop has
+// the registers to itself: inlined into scan, its values were kept on the
+// stack. It reads two positions per round.
+func evenHits(anchors *[anchorWords]uint64, odd *[oddKeys]uint8, block []byte) uint64 {
+	var hits uint64
+	n := 0
+	b := block
+	for ; len(b) >= 6; b = b[4:] {
+		w0, w1 := load32(b, 0), load32(b, 2)
+		h0 := anchors[anchorWord(w0)]>>(w0>>24&63) | uint64(odd[oddKey(w0>>8)])
+		h1 := anchors[anchorWord(w1)]>>(w1>>24&63) | uint64(odd[oddKey(w1>>8)])
+		hits = hits>>2 | h0<<63>>1 | h1<<63
+		n += 2
+	}
+	if len(b) >= 4 {
+		w := load32(b, 0)
+		hits = hits>>1 | (anchors[anchorWord(w)]>>(w>>24&63)|uint64(odd[oddKey(w>>8)]))<<63
+		n++
+	}
+	return hits >> (64 - n)
 }
 
 // has reports whether key k anchors a needle.
@@ -260,11 +337,10 @@ func (ix *needleIndex) has(k uint) bool {
 	return ix.anchors[k>>6&(anchorWords-1)]&(1<<(k&63)) != 0
 }
 
-// verify compares with t the needles anchored on the word of w, the bytes
-// at t[i:].
-func (ix *needleIndex) verify(t []byte, i int, w uint32, found *[maxIndexedNeedles / 64]uint64) {
-	k := anchorWord(w)
-	for _, a := range ix.entries[ix.starts[k]:ix.starts[k+1]] {
+// verify compares with t the needles of run whose anchor is the bytes w
+// (their mask of them) at t[i:].
+func (ix *needleIndex) verify(t []byte, i int, w uint32, run []anchoredNeedle, found *[maxIndexedNeedles / 64]uint64) {
+	for _, a := range run {
 		if w&a.mask != a.gram { // a hash collision
 			continue
 		}

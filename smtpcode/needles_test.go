@@ -351,3 +351,85 @@ func TestNormalizeTextLongAgreesWithFields(t *testing.T) {
 		require.Equal(t, wantDigit, gotDigit, "%q", b)
 	}
 }
+
+// The scan reads only even positions: a needle of five bytes or more is
+// found through one of its two anchors, one of three or four at an odd
+// position through the table of their first three bytes, and one of three
+// that ends the text at an even position by the last check. Every default
+// needle, in texts of every length from 0 to 140, at the start, at the
+// end, or at both (so at both parities and across the 128-byte blocks).
+func TestNeedleScanEveryLengthBothEnds(t *testing.T) {
+	ix := &defaultClassifier.needles
+	filler := strings.Repeat("zq xv ", 30)
+	for _, n := range ix.needles {
+		for size := 0; size <= 140; size++ {
+			fill := filler[:max(size-len(n), 0)]
+			for _, text := range []string{
+				string(n) + fill,
+				fill + string(n),
+				string(n) + filler[:max(size-2*len(n), 0)] + string(n),
+			} {
+				scanAgrees(t, ix, []byte(text))
+			}
+		}
+	}
+}
+
+// Needles of three to six bytes over a three-letter alphabet share their
+// first three bytes (one run of the table of short needles), anchors and
+// words; each is put at every offset of texts of every length up to 140,
+// the rest of the text random over the same letters.
+func TestNeedleScanShortNeedlesEveryOffset(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	const alphabet = "ab-"
+	word := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	rounds := 3
+	if raceEnabled {
+		rounds = 1
+	}
+	for range rounds {
+		var rules []Rule
+		var needles []string
+		for i := range 12 {
+			n := word(3 + i%4)
+			needles = append(needles, n)
+			rules = append(rules, Rule{Name: "r" + strconv.Itoa(i), Class: 5, ContainsAny: []string{n}})
+		}
+		c := NewClassifier(rules...)
+		for _, n := range needles {
+			for size := len(n); size <= 140; size++ {
+				for off := 0; off+len(n) <= size; off++ {
+					text := []byte(word(off) + n + word(size-off-len(n)))
+					scanAgrees(t, &c.needles, text)
+				}
+			}
+		}
+	}
+}
+
+// A reply that reaches the rules with text conditions only is scanned at
+// the first of them, without direct searches; one that a provider rule
+// with a code condition claims at once is only searched directly.
+func TestScanFirstAtTextOnlyRules(t *testing.T) {
+	for _, tc := range []struct {
+		raw          string
+		wantScanned  bool
+		wantSearches int
+	}{
+		{benchFallback, true, 0},
+		{benchOneLine, false, 1},
+		{benchSixLine, false, 0},
+	} {
+		r := MustParse(tc.raw)
+		ti := textIndex{raw: r.Text}
+		defaultClassifier.match(r, r.class(), &ti)
+		assert.Equal(t, tc.wantScanned, ti.scanned, tc.raw)
+		assert.Equal(t, tc.wantSearches, ti.searches, tc.raw)
+	}
+}

@@ -167,7 +167,8 @@ func splitLine(segs []segment, line string, lastCode int) ([]segment, int) {
 func nextCodeStart(s string, from int) int {
 	i := from
 	for ; i+9 <= len(s); i += 8 {
-		if m := spaceBytes(load64(s, i)) & codeDigitBytes(load64(s, i+1)); m != 0 {
+		b := s[i : i+9] // one bounds check for both loads
+		if m := spaceBytes(load64(b, 0)) & codeDigitBytes(load64(b, 1)); m != 0 {
 			if j := i + bits.TrailingZeros64(m)/8; j+4 <= len(s) {
 				return j
 			}

@@ -33,28 +33,3 @@ func codeDigitBytes(w uint64) uint64 {
 	past5 := h + (0x80-'6')*lows    // high bit set when h >= '6'
 	return (atLeast2 ^ past5) &^ w & highs
 }
-
-// digitBytes marks the bytes of w that are '0' to '9'.
-func digitBytes(w uint64) uint64 {
-	h := w & low7
-	atLeast0 := h + (0x80-'0')*lows
-	past9 := h + (0x80-'9'-1)*lows
-	return (atLeast0 ^ past9) &^ w & highs
-}
-
-// lowerWord lower-cases the ASCII letters of w, leaving every other byte
-// as it is (as lowerTable does).
-func lowerWord(w uint64) uint64 {
-	h := w & low7
-	atLeastA := h + (0x80-'A')*lows
-	pastZ := h + (0x80-'Z'-1)*lows
-	upper := (atLeastA ^ pastZ) &^ w & highs
-	return w | upper>>2 // 0x80>>2 is 0x20, the case bit
-}
-
-// controlBytes marks the bytes of w below '!': the space and the control
-// characters, white space among them.
-func controlBytes(w uint64) uint64 {
-	h := w & low7
-	return ^(h + (0x80-'!')*lows) &^ w & highs
-}

@@ -10,8 +10,10 @@ import (
 // collapsed (built on first use), and, once several needles have been
 // looked for, the set of every classifier needle it contains, found in one
 // pass (see needleIndex). The first searches go straight to bytes.Contains,
-// so a reply that a provider rule claims at once never pays for the pass,
-// and a rule without text conditions never pays for the normalization.
+// so a reply that a provider rule with a code condition claims at once
+// never pays for the pass, and a rule without text conditions never pays
+// for the normalization. The first rule with text conditions only (see
+// compiledRule.scanFirst) starts the pass at once: many such rules follow.
 //
 // The normalized text lives in buf (or long, past len(buf)) and is sliced
 // on each use rather than stored as a slice of buf, so that a textIndex on
@@ -54,13 +56,18 @@ func (ti *textIndex) normalize() {
 // directSearches are done before the one pass that finds every needle.
 const directSearches = 4
 
+// scan finds every needle of ix in the text in one pass.
+func (ti *textIndex) scan(ix *needleIndex) {
+	ix.scan(ti.text(), &ti.found)
+	ix.live(&ti.found, &ti.live)
+	ti.scanned = true
+}
+
 // contains reports whether needle id of ix occurs in the text.
 func (ti *textIndex) contains(ix *needleIndex, id int32) bool {
 	if id < maxIndexedNeedles {
 		if !ti.scanned && ti.searches >= directSearches {
-			ix.scan(ti.text(), &ti.found)
-			ix.live(&ti.found, &ti.live)
-			ti.scanned = true
+			ti.scan(ix)
 		}
 		if ti.scanned {
 			return ti.found[id>>6]&(1<<(id&63)) != 0
@@ -127,12 +134,21 @@ func lowerSimple(dst []byte, s string) (digitWord, ok bool) {
 	i := 0
 	for ; i+8 <= len(s); i += 8 {
 		w := load64(s, i)
-		spaces := spaceBytes(w)
+		// Byte tests as in swar.go, sharing their first steps: h holds
+		// each byte's seven low bits, ascii the high bit of the bytes
+		// below 0x80. h + (0x80-c) has a byte's high bit set when h >= c
+		// (no carry leaves a byte), so the XOR of two such sums marks a
+		// range.
+		h, ascii := w&low7, ^w&highs
+		atLeastBang := h + (0x80-'!')*lows
+		controls := ascii &^ atLeastBang // below '!'
+		spaces := ascii & (atLeastBang ^ (h + (0x80-' ')*lows))
 		afterSpace := spaces<<8 | carry
 		carry = spaces >> 56
-		digits |= afterSpace & digitBytes(w)
-		odd |= controlBytes(w)&^spaces | afterSpace&spaces
-		binary.LittleEndian.PutUint64(dst[i:], lowerWord(w))
+		digits |= afterSpace & ascii & ((h + (0x80-'0')*lows) ^ (h + (0x80-'9'-1)*lows))
+		odd |= controls ^ spaces | afterSpace&spaces
+		upper := ascii & ((h + (0x80-'A')*lows) ^ (h + (0x80-'Z'-1)*lows))
+		binary.LittleEndian.PutUint64(dst[i:], w|upper>>2)
 	}
 	if odd != 0 {
 		return false, false
