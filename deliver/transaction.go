@@ -23,7 +23,9 @@ import (
 // write and their replies come back together, so a message costs two round
 // trips instead of 3 + recipients. Against a receiver 50 ms away that
 // doubles what one connection carries, and throttled receivers allow few
-// connections. go-smtp still reads the greeting and EHLO and runs AUTH.
+// connections. go-smtp's client still parses the EHLO reply (dialSession
+// reads the greeting, and EHLO and STARTTLS itself when TLS may be used)
+// and runs AUTH; the session keeps nothing of it.
 
 // Limits on what readReply accepts before calling it a protocol error.
 const (
