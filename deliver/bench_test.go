@@ -97,52 +97,64 @@ func benchTCPThroughput(b *testing.B, parallel bool) {
 	}
 }
 
+// newBenchSender returns a Sender that sends everything to srv over
+// loopback TCP, without TLS, keeping its connections for the whole run;
+// mod adjusts the Config. It is closed when the benchmark ends.
+func newBenchSender(b *testing.B, srv *delivertest.Server, policy *governor.Policy, mod func(*Config)) *Sender {
+	b.Helper()
+	gov, err := governor.New(governor.Config{Policy: policy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := Config{
+		HelloName:          "sender.example.org",
+		Routes:             map[string][]string{"*": {srv.Addr()}},
+		TLS:                TLSNone,
+		Governor:           gov,
+		MaxMessagesPerConn: 1 << 30,
+		Dial: func(ctx context.Context, network, addr string, _ netip.Addr) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close(context.Background()) })
+	return s
+}
+
 // benchDeliver is the deliver side: Sender.Send with PIPELINING (the
 // default, which delivertest offers) or one command per round trip, as
 // go-smtp's client does.
 func benchDeliver(b *testing.B, srv *delivertest.Server, parallel, disablePipelining bool) {
-	{
-		gov, err := governor.New(governor.Config{Policy: DefaultPolicy()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		s, err := New(Config{
-			HelloName:          "sender.example.org",
-			Routes:             map[string][]string{"*": {srv.Addr()}},
-			TLS:                TLSNone,
-			Governor:           gov,
-			MaxMessagesPerConn: 1 << 30,
-			MaxConnAge:         1 << 62,
-			DisablePipelining:  disablePipelining,
-			Dial: func(ctx context.Context, network, addr string, _ netip.Addr) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer s.Close(context.Background())
-		m := &Message{From: "a@example.org", To: []string{"b@example.test"}, Data: benchData}
-		ctx := context.Background()
-		b.ReportAllocs()
-		if parallel {
-			b.SetParallelism(2)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					res, err := s.Send(ctx, m)
-					if err != nil || res[0].Status != Delivered {
-						b.Fatal(err, res)
-					}
+	s := newBenchSender(b, srv, DefaultPolicy(), func(c *Config) {
+		c.MaxConnAge = 1 << 62
+		c.DisablePipelining = disablePipelining
+	})
+	m := &Message{From: "a@example.org", To: []string{"b@example.test"}, Data: benchData}
+	ctx := context.Background()
+	b.ReportAllocs()
+	if parallel {
+		b.SetParallelism(2)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				res, err := s.Send(ctx, m)
+				if err != nil || res[0].Status != Delivered {
+					b.Fatal(err, res)
 				}
-			})
-			return
-		}
-		for b.Loop() {
-			res, err := s.Send(ctx, m)
-			if err != nil || res[0].Status != Delivered {
-				b.Fatal(err, res)
 			}
+		})
+		return
+	}
+	for b.Loop() {
+		res, err := s.Send(ctx, m)
+		if err != nil || res[0].Status != Delivered {
+			b.Fatal(err, res)
 		}
 	}
 }

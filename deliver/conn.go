@@ -362,15 +362,6 @@ type rcptOutcome struct {
 	out               outcome
 }
 
-// okReply is the 250 reply to the final dot, with its text (which often
-// carries the receiver's queue ID).
-func okReply(text string) smtpcode.Reply {
-	if r, err := smtpcode.Parse("250 " + text); err == nil && r.Code == 250 {
-		return r
-	}
-	return smtpcode.Reply{Code: 250, Text: text}
-}
-
 // close ends the session (QUIT when it is healthy and quit is set) and
 // releases its governor slot. Safe to call more than once.
 func (ss *session) close(ctx context.Context, quit bool) {

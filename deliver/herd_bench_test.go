@@ -3,8 +3,6 @@ package deliver
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"sync"
 	"testing"
 
@@ -24,26 +22,8 @@ func BenchmarkManySenders(b *testing.B) {
 	defer srv.Close()
 	for _, g := range []int{2, 16, 256, 2048} {
 		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
-			gov, err := governor.New(governor.Config{Policy: &governor.Policy{Default: governor.Limits{MaxConcurrency: 2}}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			s, err := New(Config{
-				HelloName:          "sender.example.org",
-				Routes:             map[string][]string{"*": {srv.Addr()}},
-				TLS:                TLSNone,
-				Governor:           gov,
-				MaxMessagesPerConn: 1 << 30,
-				MaxWait:            -1,
-				Dial: func(ctx context.Context, network, addr string, _ netip.Addr) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, network, addr)
-				},
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close(context.Background())
+			s := newBenchSender(b, srv, &governor.Policy{Default: governor.Limits{MaxConcurrency: 2}},
+				func(c *Config) { c.MaxWait = -1 })
 			m := &Message{From: "a@example.org", To: []string{"b@example.test"}, Data: benchData}
 			work := make(chan struct{}, b.N)
 			for range b.N {

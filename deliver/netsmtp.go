@@ -201,7 +201,7 @@ func (s *Sender) netsmtpTransaction(ctx context.Context, c *netsmtp.Client, p *p
 	for _, i := range accepted {
 		res[i].delivered = true
 	}
-	return res, outcome{reply: okReply(""), class: successClass}
+	return res, outcome{reply: smtpcode.Reply{Code: 250}, class: successClass}
 }
 
 // SendError is SendMail's error when some recipient was not delivered. It

@@ -70,17 +70,9 @@ func newPool(s *Sender) *pool {
 	return &pool{s: s, idle: make(map[poolKey][]*session), waiters: make(map[poolKey][]*poolWaiter)}
 }
 
-// take returns an idle session of k to one of rt's hosts, or nil. Idle
-// sessions found unusable are closed.
-func (pl *pool) take(k poolKey, rt *route) *session {
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	return pl.takeLocked(k, rt)
-}
-
-// takeOrWait is take, or, when there is no idle session to use, a place
-// in k's queue. The caller waits on w.ch (with whatever else it waits for)
-// and must end with leave.
+// takeOrWait returns an idle session of k to one of rt's hosts, or, when
+// there is none to use, a place in k's queue. The caller waits on w.ch
+// (with whatever else it waits for) and must end with leave.
 func (pl *pool) takeOrWait(k poolKey, rt *route) (*session, *poolWaiter) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
@@ -161,6 +153,8 @@ func (pl *pool) handLocked(k poolKey, ss *session) bool {
 	return false
 }
 
+// takeLocked returns an idle session of k to one of rt's hosts, or nil.
+// Idle sessions found unusable are closed.
 func (pl *pool) takeLocked(k poolKey, rt *route) *session {
 	now := time.Now()
 	list := pl.idle[k]

@@ -48,14 +48,18 @@ func TestPoolHandsOffToOneWaiter(t *testing.T) {
 	require.True(t, woken(w1), "the first waiter that can")
 	assert.False(t, woken(w2), "only one waiter")
 	assert.Same(t, ss, pl.leave(k, w1, false))
-	assert.Nil(t, pl.take(k, rtA), "handed over, not idle")
+	idle, w := pl.takeOrWait(k, rtA)
+	assert.Nil(t, idle, "handed over, not idle")
+	assert.Nil(t, pl.leave(k, w, false))
 
 	// w2 gives up: it leaves the queue; the next session goes idle.
 	assert.Nil(t, pl.leave(k, w2, false))
 	ss2 := newSession()
 	pl.put(ss2)
 	assert.False(t, woken(wB))
-	assert.Same(t, ss2, pl.take(k, rtA))
+	idle, w = pl.takeOrWait(k, rtA)
+	assert.Same(t, ss2, idle)
+	assert.Nil(t, w)
 
 	// Learned-limit wake-ups: only to waiters held by one, passed on when
 	// the woken one does not act on it.
